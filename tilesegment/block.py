@@ -1,0 +1,117 @@
+"""The work of one block task: read → tile → infer → stitch, for one output block.
+
+A :class:`BlockJob` is everything a task needs, small and picklable (the raster carries a
+path, the model a recipe). :func:`segment_block` returns the block's logits;
+:func:`write_block` also writes the block to the output and returns only counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tilesegment.grid import TileSpec, tiles_for_window
+from tilesegment.normalize import normalize, valid_mask
+from tilesegment.tile import cut_tiles, read_canvas
+from tilesegment.workers import ModelRecipe, get_predictor
+
+Window = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Shared by every block task of one run (shipped once per worker)."""
+
+    raster: Any
+    spec: TileSpec
+    recipe: ModelRecipe
+    mean: np.ndarray | None
+    std: np.ndarray | None
+    pad_value: float = 0.0
+    output: Any = None
+    mask_nodata: int = 255
+    mask_dtype: str = "uint8"
+
+
+@dataclass
+class BlockResult:
+    """A block's logits ``float32 (K, h, w)`` and its valid-pixel mask ``bool (h, w)``."""
+
+    logits: np.ndarray
+    valid: np.ndarray
+    tiles: int
+
+
+def segment_block(job: BlockJob, window: Window) -> BlockResult:
+    """Run every tile whose used output touches ``window`` and stitch them into it."""
+    from tilesegment.stitch import BlockStitcher
+
+    raster, spec = job.raster, job.spec
+    shape = (raster.height, raster.width)
+    tiles = tiles_for_window(shape, spec, window)
+    top = min(t.row for t in tiles)
+    left = min(t.col for t in tiles)
+    bottom = max(t.row for t in tiles) + spec.tile
+    right = max(t.col for t in tiles) + spec.tile
+    raw = read_canvas(raster.read, shape, (top, bottom, left, right), spec.pad_mode,
+                      job.pad_value)
+    ok = valid_mask(raw, raster.nodata)
+    canvas = normalize(raw, job.mean, job.std)
+    canvas[:, ~ok] = 0.0  # nodata becomes the normalised mean, not a wild raw value
+    del raw
+
+    predictor = get_predictor(job.recipe)
+    stitcher = BlockStitcher(spec, window, job.recipe.num_classes)
+    batch = predictor.batch_size
+    for start in range(0, len(tiles), batch):
+        group = tiles[start:start + batch]
+        stack = cut_tiles(canvas, (top, left), [(t.row, t.col) for t in group], spec.tile)
+        for tile, out in zip(group, predictor(stack), strict=True):
+            stitcher.add(tile, out)
+    r0, r1, c0, c1 = window
+    valid = ok[r0 - top:r1 - top, c0 - left:c1 - left]
+    return BlockResult(stitcher.result(), valid, len(tiles))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0 of ``float32 (K, h, w)``, computed stably in float32."""
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=0, keepdims=True)
+    return shifted
+
+
+def to_mask(result: BlockResult, dtype: np.dtype, nodata: int) -> np.ndarray:
+    """Class ids ``(h, w)`` by argmax (ties → the lower id); nodata where input was nodata."""
+    mask = result.logits.argmax(axis=0).astype(dtype)
+    mask[~result.valid] = nodata
+    return mask
+
+
+def block_array(job: BlockJob, window: Window, returns: str, dtype: np.dtype) -> np.ndarray:
+    """The block as ``returns`` asks: ``mask`` ``(h, w)``, ``probabilities``/``logits``
+    ``float32 (K, h, w)`` (NaN at nodata pixels)."""
+    result = segment_block(job, window)
+    if returns == "mask":
+        return to_mask(result, dtype, job.mask_nodata)
+    values = softmax(result.logits) if returns == "probabilities" else result.logits
+    values[:, ~result.valid] = np.nan
+    return values
+
+
+def write_block(job: BlockJob, window: Window, with_probabilities: bool) -> dict[str, Any]:
+    """Segment ``window``, write it to ``job.output``; return class counts and tile count."""
+    result = segment_block(job, window)
+    output = job.output
+    mask = to_mask(result, np.dtype(job.mask_dtype), job.mask_nodata)
+    probs = None
+    if with_probabilities:
+        probs = softmax(result.logits)
+        probs[:, ~result.valid] = np.nan
+    output.write_block(window[0], window[2], mask, probs)
+    k = job.recipe.num_classes
+    counts = np.bincount(mask[result.valid].ravel(), minlength=k)[:k]
+    return {"counts": counts.astype(np.int64), "nodata": int((~result.valid).sum()),
+            "tiles": result.tiles}

@@ -1,0 +1,1 @@
+"""The Click command line: thin commands over the library."""

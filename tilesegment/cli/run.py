@@ -1,0 +1,105 @@
+"""``tilesegment run``: segment one raster or slide into a Zarr or GeoTIFF mask."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tilesegment.cli.config import load_recipe
+
+PAD_MODES = ("reflect", "symmetric", "edge", "constant")
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=True))
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="Output mask: .zarr (Zarr v3) or .tif (GeoTIFF).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
+              expose_value=False, callback=load_recipe,
+              help="TOML recipe (see pipelines/) with these settings; flags override it.")
+@click.option("-m", "--model", default="unet-tiny", show_default=True,
+              help="Registered model name (see `tilesegment models`).")
+@click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False),
+              help="Weights file (.safetensors, or .pt read with weights_only). "
+                   "Without it the model has RANDOM weights.")
+@click.option("--classes", type=click.IntRange(min=1), help="Number of classes K.")
+@click.option("--tile", type=click.IntRange(min=1), help="Tile side in px (model input). "
+              "Default: the model's.")
+@click.option("--halo", type=click.IntRange(min=0), help="Context in px on each side of a "
+              "core. Default: the model's receptive radius, aligned to its output stride.")
+@click.option("--pad-mode", type=click.Choice(PAD_MODES), default="reflect", show_default=True,
+              help="How the raster edge is extended (NumPy names; 'symmetric' repeats the "
+                   "edge pixel, as Dask's 'reflect').")
+@click.option("--pad-value", type=float, default=0.0, show_default=True,
+              help="Fill for --pad-mode constant, in raw pixel units.")
+@click.option("--blend", type=click.Choice(["crop", "gaussian"]), default="crop",
+              show_default=True, help="crop: each pixel from one tile's core; gaussian: "
+              "overlapping tiles blended in logit space.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Tiles per model call.")
+@click.option("--block-size", type=click.IntRange(min=1), help="Output block (= chunk) side "
+              "in px. Default: a whole number of cores near 1024.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--level", type=click.IntRange(min=0), help="Pyramid level of a slide.")
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True),
+              help="Resolution in µm/px: the nearest level at or finer than it, resampled.")
+@click.option("--normalize", "normalization", type=click.Choice(["spec", "raster", "none"]),
+              default="spec", show_default=True, help="Input normalisation: the model's, "
+              "whole-raster statistics, or none.")
+@click.option("--save-probabilities", is_flag=True, help="Also write per-class probabilities.")
+@click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--scheduler", default="threads", show_default=True,
+              help="threads, synchronous, a scheduler address (tcp://host:port) or a "
+                   "scheduler file (.json).")
+@click.option("--local-cluster", "local_cluster", type=click.IntRange(min=1),
+              help="Start a distributed LocalCluster of N worker processes (one per GPU).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Concurrent block tasks on the local threaded scheduler (default 2).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of random weights (only without --weights).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: on when stderr is a terminal).")
+def run(source: str, output: str, model: str, weights: str | None, classes: int | None,
+        tile: int | None, halo: int | None, pad_mode: str, pad_value: float, blend: str,
+        batch_size: int, block_size: int | None, device: str, level: int | None,
+        mpp: float | None, normalization: str, save_probabilities: bool, cog: bool,
+        overwrite: bool, scheduler: str, local_cluster: int | None, workers: int | None,
+        seed: int, progress: bool | None) -> None:
+    """Segment SOURCE (GeoTIFF, slide TIFF/SVS/OME-TIFF, or Zarr) into OUTPUT."""
+    if level is not None and mpp is not None:
+        raise click.UsageError("--level and --mpp are mutually exclusive")
+    if cog and not output.lower().endswith((".tif", ".tiff")):
+        raise click.UsageError("--cog needs a .tif output")
+    from tilesegment.pipeline import segment
+
+    client = None
+    if local_cluster:
+        from tilesegment.execute import start_local_cluster
+
+        client = scheduler = start_local_cluster(local_cluster)
+    try:
+        summary = segment(
+            source, output, model=model, weights=weights, classes=classes, tile=tile,
+            halo=halo, pad_mode=pad_mode, pad_value=pad_value, blend=blend,
+            batch_size=batch_size, block_size=block_size, device=device, level=level,
+            mpp=mpp, normalization=normalization, save_probabilities=save_probabilities,
+            cog=cog, overwrite=overwrite, scheduler=scheduler, workers=workers, seed=seed,
+            progress=sys.stderr.isatty() if progress is None else progress)
+    finally:
+        if client is not None:
+            client.close()
+            client.cluster.close()
+    _report(summary)
+
+
+def _report(summary) -> None:
+    h, w = summary.shape
+    click.echo(f"wrote {summary.output}  ({w} × {h} px, {summary.tiles} tiles in "
+               f"{summary.blocks} blocks, {summary.seconds:.1f} s)")
+    total = max(int(summary.class_counts.sum()), 1)
+    for name, count in zip(summary.class_names, summary.class_counts, strict=True):
+        click.echo(f"  {name:<16} {count / total:7.2%}")
+    if summary.nodata_pixels:
+        click.echo(f"  {'(nodata)':<16} {summary.nodata_pixels} px")

@@ -1,0 +1,70 @@
+"""Where block tasks run: the local threaded scheduler, or a ``distributed`` cluster.
+
+The same list of ``dask.delayed`` tasks runs everywhere; nothing else in the pipeline knows
+which scheduler is used. Tasks return small results only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+LOCAL_SCHEDULERS = ("threads", "synchronous")
+
+
+def compute(tasks: list, scheduler: Any = None, workers: int = 1, progress: bool = False):
+    """Compute ``tasks`` (``dask.delayed``) and return their results in order.
+
+    ``scheduler``: ``None``/``"threads"`` (local threads, ``workers`` of them),
+    ``"synchronous"``, a ``distributed.Client``, or a scheduler address ``tcp://host:port``.
+    """
+    import dask
+
+    if scheduler is None or scheduler in LOCAL_SCHEDULERS:
+        name = scheduler or "threads"
+        with _local_progress(progress):
+            return list(dask.compute(*tasks, scheduler=name, num_workers=workers))
+    with _client(scheduler) as client:
+        futures = client.compute(tasks)
+        if progress:
+            from distributed import progress as show
+
+            show(futures)
+        return client.gather(futures)
+
+
+@contextlib.contextmanager
+def _local_progress(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr, minimum=1.0):
+        yield
+
+
+@contextlib.contextmanager
+def _client(scheduler: Any) -> Iterator[Any]:
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        yield scheduler
+    elif isinstance(scheduler, str) and scheduler.endswith(".json"):
+        with Client(scheduler_file=scheduler) as client:
+            yield client
+    else:
+        with Client(scheduler) as client:
+            yield client
+
+
+def start_local_cluster(n_workers: int, threads_per_worker: int = 1):
+    """A ``distributed.LocalCluster`` of ``n_workers`` processes bound to localhost, no
+    dashboard; workers are named 0..n-1 so each can take its own GPU. Returns a Client."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                           processes=True, host="127.0.0.1", dashboard_address=None)
+    return Client(cluster)

@@ -1,0 +1,89 @@
+"""What the pipeline needs to know about a model before it reads a pixel. No torch here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tilesegment.errors import GeometryError
+from tilesegment.grid import TileRule, aligned_halo
+
+# A qualitative palette (RGB) cycled for classes without colours of their own.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw pixel values become model input: ``(x - mean) / std`` per band.
+
+    ``mode`` is ``"fixed"`` (``mean``/``std`` given, in raw units), ``"raster"`` (per-band
+    mean and standard deviation of the whole raster, nodata excluded, computed out of core),
+    or ``"none"`` (values cast to float32 unchanged). Never per tile: neighbouring tiles
+    would then disagree at their seams.
+    """
+
+    mode: str = "raster"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fixed", "raster", "none"):
+            raise ValueError(f"normalization mode {self.mode!r} unknown")
+        if self.mode == "fixed" and (self.mean is None or self.std is None):
+            raise ValueError("fixed normalization needs mean and std")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model contract's metadata.
+
+    ``forward(float32[N, in_channels, T, T]) -> float32[N, num_classes, T - 2·shrink(T), ...]``
+    for every legal ``T`` of ``tile_rule``. ``receptive_radius``: the halo at which tiled
+    output equals whole-image output (for valid-convolution models the shrink covers it).
+    """
+
+    name: str
+    in_channels: int
+    num_classes: int
+    tile_rule: TileRule
+    receptive_radius: int
+    default_tile: int
+    class_names: tuple[str, ...] = ()
+    class_colors: tuple[tuple[int, int, int], ...] = ()
+    normalization: Normalization = field(default_factory=Normalization)
+    resolution: float | None = None
+    resolution_unit: str | None = None
+
+    def __post_init__(self) -> None:
+        k = self.num_classes
+        if not self.class_names:
+            object.__setattr__(self, "class_names", tuple(f"class_{i}" for i in range(k)))
+        if not self.class_colors:
+            colors = tuple(PALETTE[i % len(PALETTE)] for i in range(k))
+            object.__setattr__(self, "class_colors", colors)
+        if len(self.class_names) != k or len(self.class_colors) != k:
+            raise ValueError(f"{self.name}: need {k} class names and colours")
+
+    @property
+    def valid(self) -> bool:
+        """True for valid-convolution models (output smaller than input)."""
+        return self.tile_rule.valid_depth > 0
+
+    def check_tile(self, tile: int) -> int:
+        """Return the shrink at ``tile``; raise naming the nearest legal size if illegal."""
+        if not self.tile_rule.is_legal(tile):
+            near = self.tile_rule.nearest_legal(tile)
+            raise GeometryError(
+                f"tile {tile} is not legal for model {self.name!r} "
+                f"({self.tile_rule.describe()}); nearest legal size: {near}")
+        return self.tile_rule.shrink(tile)
+
+    def default_halo(self, tile: int) -> int:
+        """Smallest halo that makes tiling seamless: covers the receptive field (or the
+        shrink) and puts cores on the output-stride grid."""
+        shrink = self.check_tile(tile)
+        need = shrink if self.valid else self.receptive_radius
+        return aligned_halo(tile, need, self.tile_rule.output_stride)

@@ -1,0 +1,82 @@
+"""Input normalisation with values fixed for the whole raster (never per tile).
+
+``raster_statistics`` computes per-band mean and standard deviation out of core: one Dask
+task per block returns ``(count, mean, M2)`` per band, merged in a fixed order (Chan et al.'s
+parallel update), so the result does not depend on scheduling. Nodata and NaN are excluded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tilesegment.grid import iter_blocks
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band ``count`` (int64), ``mean`` and ``std`` (float64), each of shape ``(C,)``."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``(h, w)`` bool: pixels where no band is nodata or NaN (``data`` is ``(C, h, w)``)."""
+    bad = np.zeros(data.shape[1:], dtype=bool)
+    if nodata is not None:
+        bad |= (np.isnan(data) if np.isnan(nodata) else data == nodata).any(axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        bad |= np.isnan(data).any(axis=0)
+    return ~bad
+
+
+def _block_moments(raster, window, nodata) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    data = raster.read(window)
+    ok = valid_mask(data, nodata)
+    values = data[:, ok].astype(np.float64)
+    n = values.shape[1]
+    if n == 0:
+        zeros = np.zeros(len(data))
+        return np.zeros(len(data), np.int64), zeros, zeros
+    mean = values.mean(axis=1)
+    m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
+    return np.full(len(data), n, np.int64), mean, m2
+
+
+def _merge(parts):
+    count, mean, m2 = parts[0]
+    count = count.astype(np.int64)
+    for n_b, mean_b, m2_b in parts[1:]:
+        total = count + n_b
+        safe = np.maximum(total, 1)
+        delta = mean_b - mean
+        mean = mean + delta * n_b / safe
+        m2 = m2 + m2_b + delta**2 * count * n_b / safe
+        count = total
+    return count, mean, m2
+
+
+def raster_statistics(raster, block: int = 2048, scheduler=None) -> BandStats:
+    """Per-band statistics of the whole ``raster``, reading it block by block."""
+    import dask
+
+    windows = list(iter_blocks((raster.height, raster.width), (block, block)))
+    tasks = [dask.delayed(_block_moments)(raster, w, raster.nodata) for w in windows]
+    parts = dask.compute(*tasks, scheduler=scheduler)
+    count, mean, m2 = _merge(list(parts))
+    std = np.sqrt(m2 / np.maximum(count, 1))
+    return BandStats(count=count, mean=mean, std=std)
+
+
+def normalize(data: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
+    """``(data - mean) / std`` per band as float32 ``(C, h, w)``; a zero std counts as 1."""
+    out = data.astype(np.float32, copy=True)
+    if mean is None or std is None:
+        return out
+    safe = np.where(np.asarray(std) > 0, std, 1.0)
+    out -= np.asarray(mean, np.float32)[:, None, None]
+    out /= np.asarray(safe, np.float32)[:, None, None]
+    return out

@@ -1,0 +1,224 @@
+"""``segment()``: read → tile → infer → stitch → write, composed over Dask block tasks.
+
+Everything that can be checked is checked before a pixel is read: the raster's metadata,
+the model name and its legal tile sizes, the halo, the output path.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tilesegment.block import BlockJob, block_array, write_block
+from tilesegment.errors import GeometryError, ModelError, RandomWeightsWarning
+from tilesegment.execute import compute
+from tilesegment.grid import TileSpec, default_block, iter_blocks
+from tilesegment.models.registry import get_entry, get_spec
+from tilesegment.models.spec import ModelSpec, Normalization
+from tilesegment.normalize import raster_statistics
+from tilesegment.read import open_raster
+from tilesegment.workers import ModelRecipe, available_cores, random_weights_message
+
+RETURNS = ("mask", "probabilities", "logits")
+
+
+@dataclass
+class RunSummary:
+    """What a run wrote: the output path, pixel counts per class, tiles run, seconds."""
+
+    output: Path
+    shape: tuple[int, int]
+    class_names: tuple[str, ...]
+    class_counts: np.ndarray
+    nodata_pixels: int
+    tiles: int
+    blocks: int
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def segment(
+    source: Any,
+    output: str | Path | None = None,
+    *,
+    model: Any = "unet-tiny",
+    weights: str | Path | None = None,
+    classes: int | None = None,
+    tile: int | None = None,
+    halo: int | None = None,
+    pad_mode: str = "reflect",
+    pad_value: float = 0.0,
+    blend: str = "crop",
+    batch_size: int = 8,
+    block_size: int | None = None,
+    device: str = "auto",
+    level: int | None = None,
+    mpp: float | None = None,
+    normalization: str | tuple | None = None,
+    save_probabilities: bool = False,
+    returns: str = "mask",
+    overwrite: bool = False,
+    cog: bool = False,
+    scheduler: Any = None,
+    workers: int | None = None,
+    channels_last: bool = True,
+    progress: bool = False,
+    seed: int = 0,
+) -> np.ndarray | RunSummary:
+    """Segment ``source`` tile by tile.
+
+    ``source``: a path (GeoTIFF, slide TIFF/SVS/OME-TIFF, Zarr), a ``(C, H, W)`` or ``(H, W)``
+    numpy or dask array, or an opened raster. ``model``: a registered name or any
+    ``torch.nn.Module`` obeying the contract ``float32[N, C, T, T] → float32[N, K, T', T']``.
+    ``normalization``: ``"spec"`` (the model's), ``"raster"``, ``"none"`` or ``(mean, std)``.
+
+    With ``output=None`` returns the stitched result as a numpy array: ``returns="mask"``
+    gives class ids ``(H, W)`` uint8/uint16 (nodata = 255/65535), ``"probabilities"`` or
+    ``"logits"`` give ``float32 (K, H, W)``. With an ``output`` path (``.zarr`` or ``.tif``)
+    writes it and returns a :class:`RunSummary`.
+    """
+    started = time.perf_counter()
+    if returns not in RETURNS:
+        raise ValueError(f"returns must be one of {RETURNS}")
+    raster = open_raster(source, level=level, mpp=mpp)
+    shape = (raster.height, raster.width)
+    mspec, module = _model_spec(model, raster.bands, classes, tile)
+    tile = tile or mspec.default_tile
+    shrink = mspec.check_tile(tile)
+    if halo is None:
+        halo = mspec.default_halo(tile)
+    tspec = TileSpec(tile=tile, halo=halo, shrink=shrink, pad_mode=pad_mode, blend=blend)
+    if block_size is not None and block_size < 1:
+        raise GeometryError(f"block size must be positive, got {block_size}")
+    block = (block_size, block_size) if block_size else default_block(tspec)
+    block = (min(block[0], max(shape[0], 1)), min(block[1], max(shape[1], 1)))
+    k = mspec.num_classes
+    mask_dtype = np.dtype(np.uint8 if k <= 255 else np.uint16)
+    mask_nodata = int(np.iinfo(mask_dtype).max)
+
+    target = None
+    if output is not None:
+        from tilesegment.write import OutputMeta, create_output
+
+        meta = OutputMeta(
+            shape=shape, num_classes=k, class_names=mspec.class_names,
+            class_colors=mspec.class_colors, georef=raster.georef, block_shape=block,
+            save_probabilities=save_probabilities,
+            provenance=_provenance(raster, mspec, model, weights, tspec, block,
+                                   normalization, seed))
+        target = create_output(output, meta, overwrite=overwrite, cog=cog)
+
+    try:
+        mean, std = _normalization(normalization, mspec, raster)
+        n_workers = workers or available_cores()
+        recipe = ModelRecipe(
+            in_channels=raster.bands, num_classes=k, out_side=tspec.out_side,
+            name=None if module is not None else mspec.name, module=module,
+            weights=str(weights) if weights else None, seed=seed, device=device,
+            batch_size=batch_size, channels_last=channels_last, torch_threads=1)
+        if module is None and weights is None and get_entry(mspec.name).trainable:
+            warnings.warn(random_weights_message(mspec.name), RandomWeightsWarning,
+                          stacklevel=2)
+        job = BlockJob(raster=raster, spec=tspec, recipe=recipe, mean=mean, std=std,
+                       pad_value=pad_value, output=target, mask_nodata=mask_nodata,
+                       mask_dtype=mask_dtype.str)
+        windows = list(iter_blocks(shape, block))
+        if target is None:
+            return _to_array(job, windows, shape, k, returns, mask_dtype, scheduler,
+                             n_workers, progress)
+        results = _run_writing(job, windows, save_probabilities, scheduler, n_workers,
+                               progress)
+        path = target.finalize()
+    except BaseException:
+        if target is not None:
+            target.abort()
+        raise
+    counts = np.sum([r["counts"] for r in results], axis=0)
+    return RunSummary(
+        output=Path(path), shape=shape, class_names=mspec.class_names, class_counts=counts,
+        nodata_pixels=sum(r["nodata"] for r in results),
+        tiles=sum(r["tiles"] for r in results), blocks=len(windows),
+        seconds=time.perf_counter() - started,
+        settings={"tile": tile, "halo": halo, "shrink": shrink, "block": list(block)})
+
+
+def _model_spec(model: Any, bands: int, classes: int | None,
+                tile: int | None) -> tuple[ModelSpec, Any]:
+    """The spec for a registered name, or one probed from a user's module."""
+    if isinstance(model, str):
+        return get_spec(model, bands, classes), None
+    from tilesegment.models.custom import spec_for_module
+
+    return spec_for_module(model, bands, tile), model
+
+
+def _normalization(choice: Any, mspec: ModelSpec, raster) -> tuple[Any, Any]:
+    """Per-band ``(mean, std)`` float64 arrays, or ``(None, None)`` for no normalisation."""
+    if isinstance(choice, tuple | list):
+        mean, std = (np.broadcast_to(np.asarray(v, np.float64), (raster.bands,))
+                     for v in choice)
+        return mean, std
+    norm = mspec.normalization if choice in (None, "spec") else Normalization(choice)
+    if norm.mode == "none":
+        return None, None
+    if norm.mode == "fixed":
+        if len(norm.mean) not in (1, raster.bands):
+            raise ModelError(f"model {mspec.name!r} normalises {len(norm.mean)} bands; "
+                             f"the raster has {raster.bands}")
+        return (np.broadcast_to(np.asarray(norm.mean, np.float64), (raster.bands,)),
+                np.broadcast_to(np.asarray(norm.std, np.float64), (raster.bands,)))
+    stats = raster_statistics(raster)
+    return stats.mean, stats.std
+
+
+def _run_writing(job, windows, with_probs, scheduler, n_workers, progress) -> list[dict]:
+    import dask
+
+    shared = dask.delayed(job, pure=True, traverse=False)
+    tasks = [dask.delayed(write_block, pure=True)(shared, w, with_probs) for w in windows]
+    return compute(tasks, scheduler, n_workers, progress)
+
+
+def _to_array(job, windows, shape, k, returns, mask_dtype, scheduler, n_workers, progress):
+    import dask
+
+    shared = dask.delayed(job, pure=True, traverse=False)
+    tasks = [dask.delayed(block_array, pure=True)(shared, w, returns, mask_dtype)
+             for w in windows]
+    parts = compute(tasks, scheduler, n_workers, progress)
+    if returns == "mask":
+        out = np.empty(shape, dtype=mask_dtype)
+    else:
+        out = np.empty((k, *shape), dtype=np.float32)
+    for (r0, r1, c0, c1), part in zip(windows, parts, strict=True):
+        out[..., r0:r1, c0:c1] = part
+    return out
+
+
+def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed) -> dict:
+    from tilesegment import __version__
+
+    prov = {
+        "tilesegment_version": __version__,
+        "model": mspec.name,
+        "weights": str(weights) if weights else None,
+        "weights_sha256": None,
+        "random_weights": weights is None and isinstance(model, str),
+        "seed": seed,
+        "tile": tspec.tile, "halo": tspec.halo, "shrink": tspec.shrink,
+        "pad_mode": tspec.pad_mode, "blend": tspec.blend, "block": list(block),
+        "normalization": normalization if isinstance(normalization, str | None)
+        else [list(map(float, v)) for v in normalization],
+        "input": {"path": raster.source, "shape": list(raster.shape),
+                  "dtype": str(np.dtype(raster.dtype)), "level": raster.level},
+    }
+    if weights:
+        from tilesegment.models.weights import file_sha256
+
+        prov["weights_sha256"] = file_sha256(weights)
+    return prov

@@ -1,0 +1,160 @@
+"""Damage checks made at open time, before any pixel is used.
+
+Every check raises a one-line :class:`~tilesegment.errors.DamagedInputError` (or
+:class:`~tilesegment.errors.InputError` for an unsupported but intact file) whose message
+starts with the file name and says what is wrong. All checks read tags only, never pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tifffile
+
+from tilesegment.errors import DamagedInputError, InputError
+
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) folded into one space."""
+    return " ".join(str(text).split())
+
+
+def damaged(source: str | os.PathLike[str], problem: object) -> DamagedInputError:
+    """A :class:`DamagedInputError` reading ``"<file>: <problem>"`` on one line."""
+    return DamagedInputError(one_line(f"{source}: {problem}"))
+
+
+def unsupported(source: str | os.PathLike[str], problem: object) -> InputError:
+    """An :class:`InputError` reading ``"<file>: <problem>"`` on one line."""
+    return InputError(one_line(f"{source}: {problem}"))
+
+
+def is_tiff(path: Path) -> bool:
+    """Whether ``path`` starts with a classic or BigTIFF magic number."""
+    with open(path, "rb") as fh:
+        return fh.read(4) in TIFF_MAGICS
+
+
+def check_tiff_header(path: Path) -> None:
+    """Fail when the file ends before its first IFD (``tifffile`` only logs that case)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) < 8:
+        raise damaged(path, f"truncated TIFF: {size} bytes, shorter than a TIFF header")
+    order = "<" if head[:2] == b"II" else ">"
+    bigtiff = head[2:4] in (b"+\x00", b"\x00+")
+    if bigtiff:
+        if len(head) < 16:
+            raise damaged(path, f"truncated BigTIFF: {size} bytes, shorter than its header")
+        offset = struct.unpack(order + "Q", head[8:16])[0]
+        entry_count_size = 8
+    else:
+        offset = struct.unpack(order + "I", head[4:8])[0]
+        entry_count_size = 2
+    if offset == 0:
+        raise damaged(path, "TIFF header points to no IFD (first IFD offset is 0)")
+    if offset + entry_count_size > size:
+        raise damaged(
+            path,
+            f"truncated before its first IFD: the header points to byte {offset} "
+            f"but the file has only {size} bytes",
+        )
+
+
+def open_tiff(path: Path) -> tifffile.TiffFile:
+    """Open ``path`` with tifffile after the header check; fail if it holds no image."""
+    check_tiff_header(path)
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, struct.error, EOFError, OSError) as exc:
+        raise damaged(path, f"damaged TIFF structure: {exc}") from exc
+    try:
+        if len(tif.pages) == 0:
+            raise damaged(path, "TIFF holds no readable IFD (truncated or damaged)")
+        if not tif.series:
+            raise damaged(path, "TIFF holds no image series (truncated or damaged)")
+    except DamagedInputError:
+        tif.close()
+        raise
+    except Exception as exc:
+        tif.close()
+        raise damaged(path, f"damaged TIFF structure: {exc}") from exc
+    return tif
+
+
+def compression_name(code: int) -> str:
+    """The TIFF compression's name (``"JPEG"``, ``"ADOBE_DEFLATE"``), or its number."""
+    try:
+        return tifffile.COMPRESSION(code).name
+    except ValueError:
+        return str(code)
+
+
+def check_decodable(path: Path, page: Any) -> None:
+    """Fail when tifffile cannot decode ``page`` (unknown compression, odd sample format)."""
+    code = int(page.compression)
+    if code != 1 and code not in tifffile.TIFF.DECOMPRESSORS:
+        name = compression_name(code)
+        what = f"{name} (code {code})" if name != str(code) else f"code {code} (unknown)"
+        raise unsupported(
+            path, f"unsupported TIFF compression {what}: no decoder is installed for it"
+        )
+    if page.dtype is None:
+        raise unsupported(
+            path,
+            f"unsupported TIFF sample format {page.sampleformat} "
+            f"with {page.bitspersample} bits per sample",
+        )
+    try:
+        page.decode(None, 0)  # tifffile hands back a raising stub for what it cannot decode
+    except (ValueError, NotImplementedError, KeyError) as exc:
+        raise unsupported(path, f"cannot decode this TIFF: {exc}") from exc
+
+
+def block_grid(page: Any) -> tuple[int, int, int, int]:
+    """``(block_h, block_w, n_rows, n_cols)`` of a page's TIFF blocks (tiles or strips)."""
+    height, width = int(page.imagelength), int(page.imagewidth)
+    if page.is_tiled:
+        bh, bw = int(page.tilelength), int(page.tilewidth)
+    else:
+        bh, bw = min(int(page.rowsperstrip) or height, height), width
+    return bh, bw, -(-height // bh), -(-width // bw)
+
+
+def block_label(index: int, n_rows: int, n_cols: int) -> str:
+    """``"TIFF block 7 (row 1, col 2)"`` for the block at ``index`` of a page's offsets."""
+    plane, rest = divmod(index, n_rows * n_cols)
+    row, col = divmod(rest, n_cols)
+    where = f"row {row}, col {col}" + (f", sample plane {plane}" if plane else "")
+    return f"TIFF block {index} ({where})"
+
+
+def check_blocks_in_file(path: Path, pages: Sequence[Any], *, level: int) -> None:
+    """Fail when a TIFF block of ``pages`` lies past the end of the file (tags only)."""
+    size = path.stat().st_size
+    for page in pages:
+        if page is None:
+            raise damaged(path, f"level {level}: a page of the image series is missing")
+        offsets = page.dataoffsets
+        counts = page.databytecounts
+        grid = block_grid(page.keyframe)[2:]
+        if len(offsets) != len(counts):
+            raise damaged(
+                path,
+                f"level {level}: {len(offsets)} block offsets but {len(counts)} byte counts",
+            )
+        for index, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
+            if offset + count > size:
+                raise damaged(
+                    path,
+                    f"level {level}: {block_label(index, *grid)} lies past the end "
+                    f"of the file (bytes {offset}..{offset + count} of {size}); "
+                    "the file is truncated",
+                )

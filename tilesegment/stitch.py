@@ -1,0 +1,77 @@
+"""Put per-tile model outputs back together into one block of logits.
+
+``crop`` (the U-Net way): each output pixel is copied from the one tile whose core holds it.
+``gaussian``: every tile's whole output is added with a Gaussian weight that peaks at the
+tile centre and is non-zero everywhere; the sum is divided by the summed weights. Tiles are
+added in global grid order, so each pixel's floating-point sum is the same whatever the
+blocks are.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from tilesegment.grid import Tile, TileSpec
+
+MIN_WEIGHT = 1e-3
+"""Floor of the Gaussian weight relative to its peak, so no output pixel has zero weight."""
+
+
+@lru_cache(maxsize=8)
+def gaussian_weight(side: int, sigma_fraction: float = 0.125) -> np.ndarray:
+    """A ``(side, side)`` float32 Gaussian with peak 1 at the centre and floor ``MIN_WEIGHT``."""
+    sigma = max(side * sigma_fraction, 1e-6)
+    x = np.arange(side, dtype=np.float64) - (side - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    w = np.maximum(np.outer(g, g), MIN_WEIGHT).astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+class BlockStitcher:
+    """Accumulates tile outputs ``(K, o, o)`` into the block ``window`` ``(r0, r1, c0, c1)``."""
+
+    def __init__(self, spec: TileSpec, window: tuple[int, int, int, int], num_classes: int):
+        self.spec = spec
+        self.window = window
+        r0, r1, c0, c1 = window
+        self.logits = np.zeros((num_classes, r1 - r0, c1 - c0), dtype=np.float32)
+        if spec.blend == "gaussian":
+            self.weights = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
+            self.kernel = gaussian_weight(spec.out_side)
+
+    def add(self, tile: Tile, output: np.ndarray) -> None:
+        """Add one tile's model output ``(K, o, o)`` float32, ``o = tile - 2·shrink``."""
+        spec = self.spec
+        if spec.blend == "crop":
+            # The kept core starts halo - shrink pixels into the output.
+            keep = spec.halo - spec.shrink
+            y0, x0 = tile.i * spec.core, tile.j * spec.core
+            self._paste(output[:, keep:keep + spec.core, keep:keep + spec.core], y0, x0)
+        else:
+            y0, x0 = tile.row + spec.shrink, tile.col + spec.shrink
+            self._paste(output, y0, x0, self.kernel)
+
+    def _paste(self, values: np.ndarray, y0: int, x0: int, kernel: np.ndarray | None = None):
+        r0, r1, c0, c1 = self.window
+        h, w = values.shape[1:]
+        ya, yb = max(y0, r0), min(y0 + h, r1)
+        xa, xb = max(x0, c0), min(x0 + w, c1)
+        if ya >= yb or xa >= xb:
+            return
+        src = values[:, ya - y0:yb - y0, xa - x0:xb - x0]
+        dst = (slice(None), slice(ya - r0, yb - r0), slice(xa - c0, xb - c0))
+        if kernel is None:
+            self.logits[dst] = src
+        else:
+            k = kernel[ya - y0:yb - y0, xa - x0:xb - x0]
+            self.logits[dst] += src * k
+            self.weights[dst[1:]] += k
+
+    def result(self) -> np.ndarray:
+        """The block's logits ``(K, h, w)`` float32."""
+        if self.spec.blend == "gaussian":
+            return self.logits / self.weights
+        return self.logits

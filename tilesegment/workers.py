@@ -1,0 +1,94 @@
+"""The per-process side of execution: one model per process, built on first use.
+
+A :class:`ModelRecipe` is small and picklable; block tasks carry it, and
+:func:`get_predictor` builds the model from it once per process (per recipe) and caches it,
+so a model is never pickled per task. Torch's thread count is set so that
+torch threads × Dask threads ≤ cores.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+_CACHE: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """How to build the model in any process.
+
+    Either ``name`` (a registered model, with ``weights`` or seeded random weights) or
+    ``module`` (a ready ``torch.nn.Module``, shipped once per worker as a graph dependency).
+    """
+
+    in_channels: int
+    num_classes: int
+    out_side: int
+    name: str | None = None
+    module: Any = None
+    weights: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 8
+    channels_last: bool = True
+    torch_threads: int = 1
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def get_predictor(recipe: ModelRecipe):
+    """The cached :class:`~tilesegment.infer.Predictor` for ``recipe`` in this process."""
+    with _LOCK:
+        found = _CACHE.get(recipe.key)
+        if found is None:
+            found = _CACHE[recipe.key] = _build(recipe)
+        return found
+
+
+def _build(recipe: ModelRecipe):
+    from tilesegment.infer import Predictor, resolve_device
+    from tilesegment.models.registry import create_model
+    from tilesegment.models.weights import load_weights
+
+    if recipe.module is not None:
+        module = recipe.module
+    else:
+        module = create_model(recipe.name, recipe.in_channels, recipe.num_classes, recipe.seed)
+        if recipe.weights:
+            load_weights(module, recipe.weights)
+    device = resolve_device(_worker_device(recipe.device))
+    return Predictor(module, device, recipe.batch_size, recipe.out_side, recipe.num_classes,
+                     recipe.channels_last, threads=recipe.torch_threads)
+
+
+def random_weights_message(name: str | None) -> str:
+    return (f"model {name!r} has RANDOM weights (no --weights given): its masks are "
+            "meaningless except for testing and benchmarks")
+
+
+def _worker_device(device: str) -> str:
+    """On a ``distributed`` worker named by an integer, ``cuda`` means that worker's GPU."""
+    if device not in ("cuda", "auto"):
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return device
+    import torch
+
+    if isinstance(name, int) and torch.cuda.is_available():
+        return f"cuda:{name % torch.cuda.device_count()}"
+    return device
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -1,0 +1,170 @@
+"""The :class:`Output` contract shared by the Zarr and GeoTIFF writers.
+
+An output goes ``open`` → ``finalized`` (visible under its final name) or ``open`` →
+``aborted`` (nothing left but what was there before). Block writes may come from many
+threads, or from unpickled copies in other processes; ``finalize`` and ``abort`` are called
+once, by whoever created the output.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar
+
+import numpy as np
+
+from tilesegment.errors import OutputError
+from tilesegment.write import atomic
+from tilesegment.write.meta import OutputMeta
+
+OPEN, FINALIZED, ABORTED = "open", "finalized", "aborted"
+
+
+def check_block(
+    meta: OutputMeta,
+    row0: int,
+    col0: int,
+    mask: np.ndarray,
+    probabilities: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate one block and return it as stored: mask ``(h, w)`` of ``meta.mask_dtype``,
+    probabilities ``(K, h, w)`` float16 (None unless ``meta.save_probabilities``).
+
+    Raises ValueError for an unaligned corner, a wrong shape or dtype, class ids outside
+    ``0..K-1`` (other than nodata), or missing probabilities.
+    """
+    h, w = meta.block_extent(row0, col0)
+    mask = np.asarray(mask)
+    if mask.shape != (h, w):
+        raise ValueError(f"mask block at ({row0}, {col0}) has shape {mask.shape}, want {(h, w)}")
+    if mask.dtype.kind not in "ui":
+        raise ValueError(f"mask must hold integer class ids, got dtype {mask.dtype}")
+    if mask.size and (int(mask.max()) >= meta.num_classes or int(mask.min()) < 0):
+        bad = ((mask < 0) | (mask >= meta.num_classes)) & (mask != meta.nodata)
+        if bad.any():
+            value = mask[bad].flat[0]
+            raise ValueError(
+                f"mask block at ({row0}, {col0}) holds class id {value}, outside "
+                f"0..{meta.num_classes - 1} and not nodata {meta.nodata}"
+            )
+    mask = mask.astype(meta.mask_dtype, copy=False)
+    if not meta.save_probabilities:
+        return mask, None
+    if probabilities is None:
+        raise ValueError("this output saves probabilities: pass them with every block")
+    probabilities = np.asarray(probabilities)
+    want = (meta.num_classes, h, w)
+    if probabilities.shape != want:
+        raise ValueError(
+            f"probabilities block at ({row0}, {col0}) has shape {probabilities.shape}, want {want}"
+        )
+    if probabilities.dtype.kind != "f":
+        raise ValueError(f"probabilities must be float32 or float16, got {probabilities.dtype}")
+    return mask, probabilities.astype(np.float16, copy=False)
+
+
+class Output(ABC):
+    """A segmentation output being written block by block; see the module docstring.
+
+    ``path`` is the final path; nothing appears there before :meth:`finalize`.
+    Picklable: an unpickled copy can :meth:`write_block` in another process.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, path: Path, meta: OutputMeta, *, overwrite: bool) -> None:
+        self.path = path
+        self.meta = meta
+        self.overwrite = overwrite
+        self.token = atomic.new_token()
+        self._state = OPEN
+
+    # -- what subclasses provide -----------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def final_paths(self) -> tuple[Path, ...]:
+        """Every path :meth:`finalize` publishes (the mask first)."""
+
+    @abstractmethod
+    def _create(self) -> None:
+        """Create the temporary store the blocks are written to."""
+
+    @abstractmethod
+    def _write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
+        """Store one validated block."""
+
+    @abstractmethod
+    def _finalize(self) -> None:
+        """Complete the temporary output and publish it under :attr:`final_paths`."""
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def write_block(
+        self,
+        row0: int,
+        col0: int,
+        mask: np.ndarray,
+        probabilities: np.ndarray | None = None,
+    ) -> None:
+        """Write the block whose top-left pixel is ``(row0, col0)``.
+
+        ``mask``: ``(h, w)`` class ids, ``h, w`` the block shape clipped at the raster edge;
+        ``probabilities``: ``(K, h, w)`` float32 or float16, required when the output saves
+        probabilities (ignored otherwise). ``(row0, col0)`` must be a multiple of the block
+        shape (ValueError otherwise). Safe to call concurrently for different blocks.
+        """
+        if self._state != OPEN:
+            raise OutputError(f"cannot write to {self.path}: the output is {self._state}")
+        mask, probs = check_block(self.meta, int(row0), int(col0), mask, probabilities)
+        self._write(int(row0), int(col0), mask, probs)
+
+    def finalize(self) -> Path:
+        """Make the output complete and visible under :attr:`path`; return that path.
+
+        On failure the output stays open (temporary files kept except half-written ones),
+        so the caller may retry or :meth:`abort`.
+        """
+        if self._state == FINALIZED:
+            return self.path
+        if self._state == ABORTED:
+            raise OutputError(f"cannot finalize {self.path}: the run was aborted")
+        self._finalize()
+        self._state = FINALIZED
+        for final in self.final_paths:
+            atomic.remove_partials(final, self.token)
+        return self.path
+
+    def abort(self) -> None:
+        """Remove every temporary file of this run; the final path is left as it was."""
+        if self._state == FINALIZED:
+            return
+        self._state = ABORTED
+        for final in self.final_paths:
+            atomic.remove_partials(final, self.token)
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Finalize on a clean exit; abort on an exception (or when finalize fails)."""
+        if self._state != OPEN:
+            return
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.finalize()
+        except BaseException:
+            self.abort()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path} ({self._state})>"

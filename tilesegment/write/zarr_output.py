@@ -1,0 +1,167 @@
+"""Zarr v3 outputs: :class:`BlockStore` (the chunk-per-block store every writer fills) and
+:class:`ZarrOutput` (that store, renamed into place by ``finalize``).
+
+Layout of a store (a Zarr v3 group):
+
+- ``mask``: ``(H, W)`` uint8/uint16, chunks = block shape, fill value = nodata, so a block
+  never written reads as nodata, not as class 0;
+- ``probabilities`` (only with ``save_probabilities``): ``(K, H, W)`` float16, chunks
+  ``(K, h, w)``, fill value NaN;
+- group attribute ``tilesegment``: :func:`~tilesegment.write.meta.meta_to_attrs`.
+
+Every chunk a task writes is stored, even when it equals the fill value
+(``write_empty_chunks``), so a finished output has one chunk file per block.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from tilesegment.errors import OutputError
+from tilesegment.write import atomic
+from tilesegment.write.base import Output
+from tilesegment.write.meta import OutputMeta, meta_to_attrs
+
+ATTRS_KEY = "tilesegment"
+MASK = "mask"
+PROBABILITIES = "probabilities"
+_CONFIG = {"write_empty_chunks": True}
+
+
+def _compressor() -> ZstdCodec:
+    return ZstdCodec(level=3, checksum=True)
+
+
+class BlockStore:
+    """A Zarr v3 group at ``root`` that blocks are written into, one chunk per block.
+
+    Picklable: array handles are opened lazily in each process and never pickled.
+    """
+
+    def __init__(self, root: Path, meta: OutputMeta) -> None:
+        self.root = root
+        self.meta = meta
+        self._lock = threading.Lock()
+        self._arrays: tuple[zarr.Array, zarr.Array | None] | None = None
+
+    @classmethod
+    def create(cls, root: Path, meta: OutputMeta, attrs: dict[str, Any]) -> BlockStore:
+        """Create the group, its arrays and attributes at ``root`` (which must not exist)."""
+        group = zarr.open_group(str(root), mode="w-", attributes={ATTRS_KEY: attrs})
+        h, w = meta.block_shape
+        group.create_array(
+            MASK,
+            shape=meta.shape,
+            chunks=(h, w),
+            dtype=meta.mask_dtype,
+            fill_value=meta.nodata,
+            compressors=_compressor(),
+            dimension_names=("y", "x"),
+            config=_CONFIG,
+        )
+        if meta.save_probabilities:
+            group.create_array(
+                PROBABILITIES,
+                shape=(meta.num_classes, *meta.shape),
+                chunks=(meta.num_classes, h, w),
+                dtype=np.float16,
+                fill_value=np.nan,
+                compressors=_compressor(),
+                dimension_names=("class", "y", "x"),
+                config=_CONFIG,
+            )
+        return cls(root, meta)
+
+    def arrays(self) -> tuple[zarr.Array, zarr.Array | None]:
+        """``(mask, probabilities or None)``, opened once per process and cached."""
+        with self._lock:
+            if self._arrays is None:
+                group = zarr.open_group(str(self.root), mode="r+")
+                mask = group[MASK].with_config(_CONFIG)
+                probs = (
+                    group[PROBABILITIES].with_config(_CONFIG)
+                    if self.meta.save_probabilities
+                    else None
+                )
+                self._arrays = (mask, probs)
+            return self._arrays
+
+    def write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
+        """Store a validated block: mask ``(h, w)``, probabilities ``(K, h, w)`` float16."""
+        # A copy on another process may still write after finalize/abort: refuse rather
+        # than let the store recreate a stray temporary directory.
+        if not (self.root / "zarr.json").is_file():
+            raise OutputError(f"{self.root} is gone: the output was finalized or aborted")
+        mask_arr, probs_arr = self.arrays()
+        h, w = mask.shape
+        if probs_arr is not None and probs is not None:
+            probs_arr[:, row0 : row0 + h, col0 : col0 + w] = probs
+        mask_arr[row0 : row0 + h, col0 : col0 + w] = mask
+
+    def blocks_written(self) -> int:
+        """How many mask chunks exist on disk (one per block written)."""
+        chunk_dir = self.root / MASK / "c"
+        return sum(len(files) for _, _, files in os.walk(chunk_dir))
+
+    def completion(self) -> dict[str, Any]:
+        """The ``completion`` attribute of a finished output."""
+        return {
+            "complete": True,
+            "blocks_total": self.meta.block_grid[0] * self.meta.block_grid[1],
+            "blocks_written": self.blocks_written(),
+            "finalized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+
+    def mark_complete(self) -> dict[str, Any]:
+        """Record the completion in the group attributes; return the full attributes."""
+        group = zarr.open_group(str(self.root), mode="r+")
+        attrs = dict(group.attrs[ATTRS_KEY])
+        attrs["completion"] = self.completion()
+        group.attrs[ATTRS_KEY] = attrs
+        return attrs
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "meta": self.meta}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.root = state["root"]
+        self.meta = state["meta"]
+        self._lock = threading.Lock()
+        self._arrays = None
+
+
+class ZarrOutput(Output):
+    """A Zarr v3 output directory (see the module docstring for its layout).
+
+    Blocks go into ``.<name>.partial-<token>``; ``finalize`` marks it complete and renames it.
+    """
+
+    kind = "zarr"
+
+    def __init__(self, path: Path, meta: OutputMeta, *, overwrite: bool) -> None:
+        super().__init__(path, meta, overwrite=overwrite)
+        self.store = BlockStore(atomic.partial_path(path, self.token), meta)
+
+    @property
+    def final_paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    def _create(self) -> None:
+        self.store = BlockStore.create(
+            self.store.root, self.meta, meta_to_attrs(self.meta, kind=self.kind)
+        )
+
+    def _write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
+        self.store.write(row0, col0, mask, probs)
+
+    def _finalize(self) -> None:
+        self.store.mark_complete()
+        atomic.publish(self.store.root, self.path, overwrite=self.overwrite)
