@@ -25,7 +25,7 @@ def scene_block(r0: int, r1: int, c0: int, c1: int, size: int) -> np.ndarray:
     noise = (np.sin(x * 12.9898 + y * 78.233) * 43758.5453) % 1.0
     base = np.stack([60 + 50 * fields, 110 + 30 * fields, 50 + 20 * fields])
     base = base + 12 * texture + 20 * noise
-    base[:, river] = (40, 70, 140)
+    base[:, river] = np.array([40.0, 70.0, 140.0])[:, None]
     out = np.clip(base, 1, 255).astype(np.uint8)
     out[:, (x < size / 32) & (y > size - size / 16)] = 0  # a nodata corner
     return out

@@ -23,11 +23,18 @@ def load_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise click.BadParameter(f"{path}: {' '.join(str(exc).split())}", ctx, param) from None
     table: dict[str, Any] = data.get("run", data)
-    known = {p.name for p in ctx.command.params if p.name not in ("config", "source")}
+    # a setting is named as its long flag (``pad-mode`` or ``pad_mode`` for ``--pad-mode``)
+    known = {}
+    for p in ctx.command.params:
+        if p.name in ("config", "source"):
+            continue
+        for opt in getattr(p, "opts", []):
+            if opt.startswith("--"):
+                known[opt[2:].replace("-", "_")] = p.name
     settings = {}
     for key, val in table.items():
-        name = key.replace("-", "_")
-        if name not in known:
+        name = known.get(key.replace("-", "_"))
+        if name is None:
             raise click.BadParameter(f"{path}: unknown setting {key!r}", ctx, param)
         settings[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **settings}

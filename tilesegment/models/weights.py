@@ -8,6 +8,7 @@ refused. Missing or unexpected tensors are named in the error.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -40,7 +41,9 @@ def read_state_dict(path: str | Path) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's pickle-protocol notice
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: refused or unreadable weights file ({first})") from None
