@@ -5,7 +5,13 @@ OME-Zarr group (``multiscales`` in its attributes, v0.4, or under ``ome``, v0.5)
 array per level from ``multiscales[0].datasets``; singleton ``t``/``z`` axes are squeezed
 and the pixel size comes from the ``scale`` coordinate transformations. Optional
 attributes ``nodata``, ``crs_wkt``, ``transform``, ``pixel_size`` and ``unit`` on a plain
-array are honoured (that is what a tilesegment Zarr output may carry).
+array are honoured.
+
+tilesegment's own Zarr output (a group whose ``tilesegment`` attribute holds the output
+metadata, see :mod:`tilesegment.write.meta`) opens as its ``mask`` array: one band of class
+ids with the output's georeference and nodata. ``<out>.zarr/mask`` and
+``<out>.zarr/probabilities`` (``(K, H, W)`` float16, nodata NaN) open one layer each, the
+georeference again taken from the group.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import zarr
 from tilesegment.read import validate
 from tilesegment.read.base import Georef, LevelInfo, Raster, Window, check_window
 from tilesegment.read.tiffmeta import UM_PER_UNIT
+
+OUTPUT_KEY = "tilesegment"
+"""Group attribute of a tilesegment output (written by :mod:`tilesegment.write.zarr_output`)."""
+OUTPUT_LAYERS = ("mask", "probabilities")
 
 
 def _open_node(path: Path) -> Any:
@@ -75,6 +85,35 @@ def _plain_axes(path: Path, shape: tuple[int, ...]) -> list[str]:
     return ["t"] * len(lead) + (["c"] if len(shape) >= 3 else []) + ["y", "x"]
 
 
+def _output_attrs(group: Any) -> dict[str, Any] | None:
+    """The ``tilesegment`` attribute of an output group, None for any other group."""
+    attrs = group.attrs.get(OUTPUT_KEY) if hasattr(group, "attrs") else None
+    return dict(attrs) if isinstance(attrs, dict) else None
+
+
+def _parent_output_attrs(path: Path) -> dict[str, Any] | None:
+    """The output metadata of the group holding the layer array at ``path``, if any."""
+    parent = path.parent
+    if path.name not in OUTPUT_LAYERS or not (parent / "zarr.json").is_file():
+        return None
+    try:
+        group = zarr.open_group(str(parent), mode="r")
+    except Exception:
+        return None
+    return _output_attrs(group)
+
+
+def _georef(attrs: dict[str, Any]) -> Georef:
+    transform = attrs.get("transform")
+    size = attrs.get("pixel_size")
+    return Georef(
+        crs_wkt=attrs.get("crs_wkt"),
+        transform=_six(transform) if transform else None,
+        pixel_size=(float(size[0]), float(size[1])) if size else None,
+        unit=attrs.get("unit"),
+    )
+
+
 class ZarrRaster(Raster):
     """One Zarr array (or one OME-Zarr level) as ``(C, H, W)``."""
 
@@ -83,10 +122,13 @@ class ZarrRaster(Raster):
         self.source = str(path)
         self.kind = "zarr"
         self.nodata = None
+        self.output: dict[str, Any] | None = None
         self._local = threading.local()
         node = _open_node(self._root)
         if isinstance(node, zarr.Array):
             self._init_plain(node, level)
+        elif _output_attrs(node) is not None and not _multiscales(dict(node.attrs)):
+            self._init_output(node, level)
         else:
             self._init_multiscale(node, level)
         array = _open_node(self._array_path)
@@ -103,19 +145,49 @@ class ZarrRaster(Raster):
         self._array_path = self._root
         self._axes = _plain_axes(self._root, array.shape)
         attrs = dict(array.attrs)
+        output = _parent_output_attrs(self._root)
+        if output is not None:  # one layer of a tilesegment output: the group's georef
+            self._set_output(output, self._root.name)
+            attrs = {**output, **attrs}
+            attrs["nodata"] = self.nodata
         nodata = attrs.get("nodata")
         self.nodata = None if nodata is None else float(nodata)
-        transform = attrs.get("transform")
-        size = attrs.get("pixel_size")
-        self.georef = Georef(
-            crs_wkt=attrs.get("crs_wkt"),
-            transform=_six(transform) if transform else None,
-            pixel_size=(float(size[0]), float(size[1])) if size else None,
-            unit=attrs.get("unit"),
-        )
+        self.georef = _georef(attrs)
         self.level = 0
         height, width = array.shape[-2:]
         self.levels = (LevelInfo((int(height), int(width)), self.georef.pixel_size),)
+
+    def _set_output(self, attrs: dict[str, Any], layer: str) -> None:
+        self.output = {
+            "layer": layer,
+            "num_classes": attrs.get("num_classes"),
+            "class_names": attrs.get("class_names"),
+            "complete": bool((attrs.get("completion") or {}).get("complete", False)),
+        }
+        # pixels without a class: the mask's nodata id; NaN in the probabilities
+        if layer != "mask":
+            self.nodata = float("nan")
+        elif attrs.get("nodata") is not None:
+            self.nodata = float(attrs["nodata"])
+
+    def _init_output(self, group: Any, level: int) -> None:
+        """A tilesegment output group: its ``mask`` array, georeferenced from the group."""
+        if level != 0:
+            raise validate.unsupported(
+                self._root, f"level {level} does not exist: a tilesegment output has level 0 only"
+            )
+        if "mask" not in group:
+            raise validate.unsupported(self._root, "tilesegment output without a 'mask' array")
+        attrs = _output_attrs(group) or {}
+        self._array_path = self._root / "mask"
+        self._axes = ["y", "x"]
+        self._set_output(attrs, "mask")
+        self.georef = _georef(attrs)
+        self.level = 0
+        shape = attrs.get("shape")
+        if shape is None:
+            shape = group["mask"].shape
+        self.levels = (LevelInfo((int(shape[0]), int(shape[1])), self.georef.pixel_size),)
 
     def _init_multiscale(self, group: Any, level: int) -> None:
         multiscales = _multiscales(dict(group.attrs))
@@ -221,4 +293,6 @@ class ZarrRaster(Raster):
         """Base metadata plus ``compression`` (codec names) and ``zarr_format``."""
         info = super().describe()
         info.update(compression=self.compression, zarr_format=self.zarr_format)
+        if self.output is not None:
+            info["output"] = dict(self.output)
         return info
