@@ -55,3 +55,12 @@ def test_distributed_cluster_gives_identical_output(tmp_path, reference):
 
     mask = zarr.open_group(summary.output, mode="r")["mask"][:]
     assert np.array_equal(mask, reference.argmax(0).astype(np.uint8))
+
+
+def test_model_is_built_once_per_process():
+    from tilesegment import workers
+
+    before, cached = workers.builds, len(workers._CACHE)
+    segment(IMAGE, block_size=40, workers=3, **COMMON)  # 24 blocks on 3 threads
+    assert workers.builds == before + 1
+    assert len(workers._CACHE) == cached  # released after the run

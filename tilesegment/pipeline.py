@@ -22,7 +22,12 @@ from tilesegment.models.registry import get_entry, get_spec
 from tilesegment.models.spec import ModelSpec, Normalization
 from tilesegment.normalize import raster_statistics
 from tilesegment.read import open_raster
-from tilesegment.workers import ModelRecipe, available_cores, random_weights_message
+from tilesegment.workers import (
+    ModelRecipe,
+    available_cores,
+    random_weights_message,
+    release,
+)
 
 RETURNS = ("mask", "probabilities", "logits")
 
@@ -138,6 +143,9 @@ def segment(
         if target is not None:
             target.abort()
         raise
+    finally:
+        if "recipe" in locals():
+            release(recipe.key)  # this process's copy; cluster workers keep theirs (LRU)
     counts = np.sum([r["counts"] for r in results], axis=0)
     return RunSummary(
         output=Path(path), shape=shape, class_names=mspec.class_names, class_counts=counts,

@@ -11,11 +11,16 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-_CACHE: dict[str, Any] = {}
+_CACHE: OrderedDict[str, Any] = OrderedDict()
 _LOCK = threading.Lock()
+MAX_MODELS = 4
+"""Models kept per process; the least recently used beyond this are dropped."""
+builds = 0
+"""How many models this process has built (the tests check one per run)."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,22 @@ class ModelRecipe:
 
 def get_predictor(recipe: ModelRecipe):
     """The cached :class:`~tilesegment.infer.Predictor` for ``recipe`` in this process."""
+    global builds
     with _LOCK:
         found = _CACHE.get(recipe.key)
         if found is None:
             found = _CACHE[recipe.key] = _build(recipe)
+            builds += 1
+            while len(_CACHE) > MAX_MODELS:
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(recipe.key)
         return found
+
+
+def release(key: str) -> None:
+    """Drop the model built for recipe ``key`` in this process (after a run)."""
+    with _LOCK:
+        _CACHE.pop(key, None)
 
 
 def _build(recipe: ModelRecipe):
