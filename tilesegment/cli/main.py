@@ -9,6 +9,7 @@ import warnings
 import click
 
 from tilesegment import __version__
+from tilesegment.cli.evaluate import evaluate
 from tilesegment.cli.info import info
 from tilesegment.cli.models import models
 from tilesegment.cli.run import run
@@ -53,6 +54,7 @@ def cli() -> None:
 
 cli.add_command(run)
 cli.add_command(info)
+cli.add_command(evaluate)
 cli.add_command(models)
 
 

@@ -7,6 +7,7 @@ import sys
 import click
 
 from tilesegment.cli.config import load_recipe
+from tilesegment.cli.evaluate import report_and_print, truth_options
 
 PAD_MODES = ("reflect", "symmetric", "edge", "constant")
 
@@ -61,12 +62,15 @@ PAD_MODES = ("reflect", "symmetric", "edge", "constant")
               help="Seed of random weights (only without --weights).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: on when stderr is a terminal).")
+@click.option("--truth", type=click.Path(exists=True),
+              help="Truth mask: evaluate the written mask against it (see `evaluate`).")
+@truth_options
 def run(source: str, output: str, model: str, weights: str | None, classes: int | None,
         tile: int | None, halo: int | None, pad_mode: str, pad_value: float, blend: str,
         batch_size: int, block_size: int | None, device: str, level: int | None,
         mpp: float | None, normalization: str, save_probabilities: bool, cog: bool,
         overwrite: bool, scheduler: str, local_cluster: int | None, workers: int | None,
-        seed: int, progress: bool | None) -> None:
+        seed: int, progress: bool | None, truth: str | None, **truth_settings) -> None:
     """Segment SOURCE (GeoTIFF, slide TIFF/SVS/OME-TIFF, or Zarr) into OUTPUT."""
     if level is not None and mpp is not None:
         raise click.UsageError("--level and --mpp are mutually exclusive")
@@ -92,6 +96,8 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
             client.close()
             client.cluster.close()
     _report(summary)
+    if truth is not None:
+        report_and_print(str(summary.output), truth, classes=classes, **truth_settings)
 
 
 def _report(summary) -> None:

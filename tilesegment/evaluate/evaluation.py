@@ -1,0 +1,181 @@
+"""``evaluate()``: an exact confusion matrix between a predicted mask and a truth mask,
+counted block by block with Dask and summed; the FCN measures and per-class scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tilesegment.errors import InputError
+from tilesegment.evaluate.align import TruthOnGrid, check_same_grid
+from tilesegment.evaluate.confusion import LabelRules, count_block, merge
+from tilesegment.evaluate.report import Report, SeamReport
+from tilesegment.evaluate.seams import seam_band
+from tilesegment.execute import compute
+from tilesegment.grid import iter_blocks
+from tilesegment.read import open_raster
+from tilesegment.workers import available_cores
+
+
+def evaluate(
+    prediction: Any,
+    truth: Any,
+    *,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    ignore_index: int | None = None,
+    instances: bool = False,
+    mapping: dict[int, int] | None = None,
+    allow_crs_alias: bool = False,
+    resample_truth: bool = False,
+    seam_width: int | None = None,
+    core: int | None = None,
+    block: int = 2048,
+    scheduler: Any = None,
+    workers: int | None = None,
+    figures_dir: str | Path | None = None,
+    image: Any = None,
+) -> Report:
+    """Score ``prediction`` (class ids) against ``truth``; both paths, arrays or rasters.
+
+    ``instances``: truth ids > 0 count as class 1 (instance-label masks). ``mapping``: truth
+    value → class id. ``ignore_index`` and nodata pixels of either side are not counted.
+    ``seam_width``: also score pixels within that many px of a tile-core boundary against
+    the rest; the core side comes from the prediction's provenance or ``core``.
+    ``figures_dir``: write ``confusion.png`` and ``preview.png`` there (the preview over
+    ``image``, by default the input recorded in the prediction's provenance, if it exists).
+    """
+    pred = open_raster(prediction)
+    gt = open_raster(truth)
+    meta = _output_meta(prediction)
+    if pred.bands != 1 or gt.bands != 1:
+        raise InputError(f"masks must have one band: prediction has {pred.bands}, "
+                         f"truth {gt.bands}")
+    if resample_truth:
+        sampler = TruthOnGrid(pred, gt, allow_crs_alias)
+    else:
+        check_same_grid(pred, gt, allow_crs_alias)
+        sampler = None
+    if meta and num_classes is None:
+        num_classes = meta.get("num_classes")
+    if meta and class_names is None:
+        class_names = meta.get("class_names")
+    rules = LabelRules(num_classes=num_classes, ignore_index=ignore_index,
+                       truth_nodata=gt.nodata, pred_nodata=pred.nodata, instances=instances,
+                       mapping=tuple(sorted((mapping or {}).items())))
+    if seam_width and core is None:
+        prov = (meta or {}).get("provenance") or {}
+        if "tile" in prov and "halo" in prov:
+            core = int(prov["tile"]) - 2 * int(prov["halo"])
+        else:
+            raise InputError("seam diagnostics need the core size: the prediction has no "
+                             "tilesegment provenance, so give the core side (--core)")
+    import dask
+
+    shape = (pred.height, pred.width)
+    job = dask.delayed((pred, gt, sampler, rules, core, seam_width), pure=True,
+                       traverse=False)
+    tasks = [dask.delayed(_count, pure=True)(job, w, shape)
+             for w in iter_blocks(shape, (block, block))]
+    parts = compute(tasks, scheduler, workers or available_cores())
+    confusion = merge([p[0] for p in parts])
+    seam = None
+    if seam_width:
+        seam = SeamReport(width=seam_width, core=core,
+                          seam=merge([p[1] for p in parts]),
+                          interior=merge([p[2] for p in parts]))
+        k = max(confusion.shape[0], seam.seam.shape[0], seam.interior.shape[0])
+        seam = SeamReport(seam_width, core, _pad(seam.seam, k), _pad(seam.interior, k))
+    figures = {}
+    if figures_dir is not None:
+        figures = _figures(Path(figures_dir), confusion, class_names, pred, gt, sampler,
+                           rules, meta, image)
+    return Report.build(confusion, class_names, seam=seam, figures=figures, sources={
+        "prediction": pred.source, "truth": gt.source}, settings={
+        "ignore_index": ignore_index, "instances": instances,
+        "mapping": {str(a): b for a, b in (mapping or {}).items()},
+        "resample_truth": resample_truth, "allow_crs_alias": allow_crs_alias,
+        "pixels_counted": int(confusion.sum()), "shape": list(shape)})
+
+
+def _pad(cm: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((k, k), np.int64)
+    out[:cm.shape[0], :cm.shape[1]] = cm
+    return out
+
+
+def _count(job, window, shape):
+    pred, gt, sampler, rules, core, width = job
+    p = pred.read(window)[0]
+    if sampler is None:
+        t, outside = gt.read(window)[0], None
+    else:
+        t, outside = sampler.read(window)
+    whole = count_block(p, t, rules, outside)
+    if not width:
+        return whole, None, None
+    band = seam_band(window, shape, core, width)
+    ignore = band if outside is None else band | outside
+    interior = count_block(p, t, rules, ignore)
+    ignore = ~band if outside is None else ~band | outside
+    seam = count_block(p, t, rules, ignore)
+    return whole, seam, interior
+
+
+def _output_meta(source: Any) -> dict | None:
+    """tilesegment's own metadata of a written mask, or None for anything else."""
+    if not isinstance(source, str | Path):
+        return None
+    from tilesegment.write import read_output_meta
+
+    try:
+        return read_output_meta(source)
+    except Exception:  # not one of ours: plain GeoTIFF/TIFF/Zarr masks are fine too
+        return None
+
+
+def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, meta,
+             image) -> dict[str, str]:
+    from tilesegment.evaluate.figures import confusion_heatmap, error_preview
+    from tilesegment.models.spec import PALETTE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report.build(confusion, class_names)
+    heat = confusion_heatmap(report, folder / "confusion.png")
+    truth = _thumbnail_truth(pred, gt, sampler, rules)
+    colors = (meta or {}).get("class_colors") or [PALETTE[i % len(PALETTE)]
+                                                  for i in range(confusion.shape[0])]
+    if image is None and meta:
+        source = ((meta.get("provenance") or {}).get("input") or {}).get("path")
+        if source and Path(source).exists():
+            image = source
+    picture = None
+    if image is not None:
+        level = ((meta or {}).get("provenance") or {}).get("input", {}).get("level")
+        picture = open_raster(image, level=level or None)
+        if picture.shape[1:] != pred.shape[1:]:
+            picture = None  # a different grid (e.g. --mpp resampled run): no underlay
+    preview = error_preview(pred, truth, folder / "preview.png", colors, picture,
+                            pred_nodata=pred.nodata)
+    return {"confusion matrix": heat.name, "prediction and errors": preview.name}
+
+
+def _thumbnail_truth(pred, gt, sampler, rules) -> np.ndarray:
+    """The truth, as class ids, at the prediction thumbnail's pixels."""
+    from tilesegment.evaluate.figures import decimate
+
+    if sampler is None:
+        t = decimate(gt)[0].astype(np.int64)
+    else:
+        step = max(1, -(-max(pred.height, pred.width) // 1024))
+        rows = np.arange(0, pred.height, step)
+        cols = np.arange(0, pred.width, step)
+        t = np.stack([sampler.read((int(r), int(r) + 1, 0, pred.width))[0][0, cols]
+                      for r in rows]).astype(np.int64)
+    if rules.instances:
+        t = (t > 0).astype(np.int64)
+    for a, b in rules.mapping:
+        t[t == a] = b
+    return t
