@@ -42,6 +42,7 @@ class BlockResult:
     logits: np.ndarray
     valid: np.ndarray
     tiles: int
+    disagreement: np.ndarray | None = None
 
 
 def segment_block(job: BlockJob, window: Window) -> BlockResult:
@@ -72,7 +73,7 @@ def segment_block(job: BlockJob, window: Window) -> BlockResult:
             stitcher.add(tile, out)
     r0, r1, c0, c1 = window
     valid = ok[r0 - top:r1 - top, c0 - left:c1 - left]
-    return BlockResult(stitcher.result(), valid, len(tiles))
+    return BlockResult(stitcher.result(), valid, len(tiles), stitcher.disagreement())
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -92,10 +93,14 @@ def to_mask(result: BlockResult, dtype: np.dtype, nodata: int) -> np.ndarray:
 
 def block_array(job: BlockJob, window: Window, returns: str, dtype: np.dtype) -> np.ndarray:
     """The block as ``returns`` asks: ``mask`` ``(h, w)``, ``probabilities``/``logits``
-    ``float32 (K, h, w)`` (NaN at nodata pixels)."""
+    ``float32 (K, h, w)`` (NaN at nodata pixels), ``disagreement`` ``uint8 (h, w)`` (1 where
+    overlapping tiles disagree; all 0 under ``crop``)."""
     result = segment_block(job, window)
     if returns == "mask":
         return to_mask(result, dtype, job.mask_nodata)
+    if returns == "disagreement":
+        d = result.disagreement
+        return np.zeros(result.valid.shape, np.uint8) if d is None else d.astype(np.uint8)
     values = softmax(result.logits) if returns == "probabilities" else result.logits
     values[:, ~result.valid] = np.nan
     return values

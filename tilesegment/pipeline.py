@@ -29,7 +29,7 @@ from tilesegment.workers import (
     release,
 )
 
-RETURNS = ("mask", "probabilities", "logits")
+RETURNS = ("mask", "probabilities", "logits", "disagreement")
 
 
 @dataclass
@@ -199,8 +199,8 @@ def _to_array(job, windows, shape, k, returns, mask_dtype, scheduler, n_workers,
     tasks = [dask.delayed(block_array, pure=True)(shared, w, returns, mask_dtype)
              for w in windows]
     parts = compute(tasks, scheduler, n_workers, progress)
-    if returns == "mask":
-        out = np.empty(shape, dtype=mask_dtype)
+    if returns in ("mask", "disagreement"):
+        out = np.empty(shape, dtype=mask_dtype if returns == "mask" else np.uint8)
     else:
         out = np.empty((k, *shape), dtype=np.float32)
     for (r0, r1, c0, c1), part in zip(windows, parts, strict=True):

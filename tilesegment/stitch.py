@@ -41,6 +41,10 @@ class BlockStitcher:
         if spec.blend == "gaussian":
             self.weights = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
             self.kernel = gaussian_weight(spec.out_side)
+            # Seam diagnostics: the first tile's class at each pixel, and whether any
+            # later overlapping tile voted for another class.
+            self.first_label = np.full((r1 - r0, c1 - c0), -1, dtype=np.int32)
+            self.disagree = np.zeros((r1 - r0, c1 - c0), dtype=bool)
 
     def add(self, tile: Tile, output: np.ndarray) -> None:
         """Add one tile's model output ``(K, o, o)`` float32, ``o = tile - 2·shrink``."""
@@ -52,9 +56,10 @@ class BlockStitcher:
             self._paste(output[:, keep:keep + spec.core, keep:keep + spec.core], y0, x0)
         else:
             y0, x0 = tile.row + spec.shrink, tile.col + spec.shrink
-            self._paste(output, y0, x0, self.kernel)
+            self._paste(output, y0, x0, self.kernel, output.argmax(axis=0))
 
-    def _paste(self, values: np.ndarray, y0: int, x0: int, kernel: np.ndarray | None = None):
+    def _paste(self, values: np.ndarray, y0: int, x0: int, kernel: np.ndarray | None = None,
+               labels: np.ndarray | None = None):
         r0, r1, c0, c1 = self.window
         h, w = values.shape[1:]
         ya, yb = max(y0, r0), min(y0 + h, r1)
@@ -69,6 +74,16 @@ class BlockStitcher:
             k = kernel[ya - y0:yb - y0, xa - x0:xb - x0]
             self.logits[dst] += src * k
             self.weights[dst[1:]] += k
+            lab = labels[ya - y0:yb - y0, xa - x0:xb - x0]
+            first = self.first_label[dst[1:]]
+            unset = first < 0
+            first[unset] = lab[unset]
+            self.disagree[dst[1:]] |= ~unset & (first != lab)
+
+    def disagreement(self) -> np.ndarray | None:
+        """``bool (h, w)``: pixels where overlapping tiles' own argmax classes differ
+        (``gaussian`` only; ``None`` for ``crop``, where each pixel has one tile)."""
+        return self.disagree if self.spec.blend == "gaussian" else None
 
     def result(self) -> np.ndarray:
         """The block's logits ``(K, h, w)`` float32."""

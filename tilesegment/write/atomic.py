@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,15 +45,25 @@ def refuse_existing(paths: Iterable[Path]) -> None:
             raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
-def remove(path: Path) -> None:
-    """Remove a file, symlink or directory tree at ``path``; nothing there is fine."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
+def remove(path: Path, attempts: int = 5) -> None:
+    """Remove a file, symlink or directory tree at ``path``; nothing there is fine.
+
+    A tree that is still being written to (a block task in another process, say) can make
+    ``rmtree`` fail with "Directory not empty": it is retried ``attempts`` times.
+    """
+    for attempt in range(attempts):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt == attempts - 1 or not path.is_dir():
+                raise
+            time.sleep(0.01 * 2**attempt)
 
 
 def remove_prefixed(path: Path) -> None:

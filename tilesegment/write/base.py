@@ -8,6 +8,7 @@ once, by whoever created the output.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
@@ -100,6 +101,11 @@ class Output(ABC):
     def _finalize(self) -> None:
         """Complete the temporary output and publish it under :attr:`final_paths`."""
 
+    @abstractmethod
+    def _stop_writes(self) -> None:
+        """Refuse further block writes and wait for those in flight on other threads
+        (an abort calls it before removing the temporary store)."""
+
     # -- the contract ----------------------------------------------------------------------
 
     def write_block(
@@ -142,8 +148,14 @@ class Output(ABC):
         if self._state == FINALIZED:
             return
         self._state = ABORTED
+        self._stop_writes()
         for final in self.final_paths:
-            atomic.remove_partials(final, self.token)
+            try:
+                atomic.remove_partials(final, self.token)
+            except OSError as exc:
+                # abort runs while another error propagates: never replace that error
+                warnings.warn(f"could not remove the partial output of {final}: {exc}",
+                              RuntimeWarning, stacklevel=2)
 
     def __enter__(self) -> Output:
         return self

@@ -59,6 +59,9 @@ class GeoTiffOutput(Output):
     def _write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
         self.store.write(row0, col0, mask, probs)
 
+    def _stop_writes(self) -> None:
+        self.store.close()
+
     def _finalize(self) -> None:
         attrs = self.store.mark_complete()
         plan = [(self._mask_layer(attrs), self.path)]

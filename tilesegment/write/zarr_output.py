@@ -34,6 +34,8 @@ ATTRS_KEY = "tilesegment"
 MASK = "mask"
 PROBABILITIES = "probabilities"
 _CONFIG = {"write_empty_chunks": True}
+CLOSE_TIMEOUT = 60.0
+"""Seconds an abort waits for block writes in flight before removing the store anyway."""
 
 
 def _compressor() -> ZstdCodec:
@@ -49,8 +51,15 @@ class BlockStore:
     def __init__(self, root: Path, meta: OutputMeta) -> None:
         self.root = root
         self.meta = meta
+        self._init_local()
+
+    def _init_local(self) -> None:
         self._lock = threading.Lock()
         self._arrays: tuple[zarr.Array, zarr.Array | None] | None = None
+        # writes in flight in this process, and whether new ones are refused (see close)
+        self._writes = threading.Condition()
+        self._active = 0
+        self._closed = False
 
     @classmethod
     def create(cls, root: Path, meta: OutputMeta, attrs: dict[str, Any]) -> BlockStore:
@@ -96,15 +105,36 @@ class BlockStore:
 
     def write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
         """Store a validated block: mask ``(h, w)``, probabilities ``(K, h, w)`` float16."""
-        # A copy on another process may still write after finalize/abort: refuse rather
-        # than let the store recreate a stray temporary directory.
-        if not (self.root / "zarr.json").is_file():
-            raise OutputError(f"{self.root} is gone: the output was finalized or aborted")
-        mask_arr, probs_arr = self.arrays()
-        h, w = mask.shape
-        if probs_arr is not None and probs is not None:
-            probs_arr[:, row0 : row0 + h, col0 : col0 + w] = probs
-        mask_arr[row0 : row0 + h, col0 : col0 + w] = mask
+        with self._writes:
+            if self._closed:
+                raise OutputError(f"{self.root} is closed: the output was finalized or aborted")
+            self._active += 1
+        try:
+            # A copy on another process may still write after finalize/abort: refuse rather
+            # than let the store recreate a stray temporary directory.
+            if not (self.root / "zarr.json").is_file():
+                raise OutputError(f"{self.root} is gone: the output was finalized or aborted")
+            mask_arr, probs_arr = self.arrays()
+            h, w = mask.shape
+            if probs_arr is not None and probs is not None:
+                probs_arr[:, row0 : row0 + h, col0 : col0 + w] = probs
+            mask_arr[row0 : row0 + h, col0 : col0 + w] = mask
+        finally:
+            with self._writes:
+                self._active -= 1
+                self._writes.notify_all()
+
+    def close(self, timeout: float | None = CLOSE_TIMEOUT) -> bool:
+        """Refuse further writes through this handle and wait (up to ``timeout`` s) for the
+        writes in flight on other threads; True when none is left.
+
+        A failed run aborts while sibling block tasks may still be writing (a thread pool
+        does not stop them): removing the store under them would fail, or leave a stray
+        temporary directory that their chunk writes recreate.
+        """
+        with self._writes:
+            self._closed = True
+            return self._writes.wait_for(lambda: self._active == 0, timeout)
 
     def blocks_written(self) -> int:
         """How many mask chunks exist on disk (one per block written)."""
@@ -134,8 +164,7 @@ class BlockStore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.root = state["root"]
         self.meta = state["meta"]
-        self._lock = threading.Lock()
-        self._arrays = None
+        self._init_local()
 
 
 class ZarrOutput(Output):
@@ -161,6 +190,9 @@ class ZarrOutput(Output):
 
     def _write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
         self.store.write(row0, col0, mask, probs)
+
+    def _stop_writes(self) -> None:
+        self.store.close()
 
     def _finalize(self) -> None:
         self.store.mark_complete()
