@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import confusion_matrix, jaccard_score
 
 from tilesegment.errors import InputError
-from tilesegment.evaluate import evaluate
-from tilesegment.evaluate.seams import seam_band
+from tilesegment.evaluation import evaluate
+from tilesegment.evaluation.seams import seam_band
 from tilesegment.read.array import ArrayRaster
 from tilesegment.read.base import Georef
 
@@ -229,3 +229,11 @@ def _landsat_like_prediction(shared_data):
         georef = Georef(crs_wkt=src.crs.to_wkt(), transform=tuple(src.transform)[:6])
         shape = src.shape
     return ArrayRaster(np.full(shape, 5, np.uint8), georef=georef)
+
+
+def test_top_level_evaluate_is_the_function_even_after_submodule_import():
+    import tilesegment
+    import tilesegment.evaluation  # binds the subpackage on the parent package
+
+    report = tilesegment.evaluate(np.zeros((3, 3), np.uint8), np.zeros((3, 3), np.uint8))
+    assert report.measures["pixel_accuracy"] == 1.0

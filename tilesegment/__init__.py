@@ -12,14 +12,14 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "create_model", "evaluate", "list_models", "open_raster", "segment"]
 
 if TYPE_CHECKING:
-    from tilesegment.evaluate import evaluate
+    from tilesegment.evaluation import evaluate
     from tilesegment.models import create_model, list_models
     from tilesegment.pipeline import segment
     from tilesegment.read import open_raster
 
 _LAZY = {
     "segment": "tilesegment.pipeline",
-    "evaluate": "tilesegment.evaluate",
+    "evaluate": "tilesegment.evaluation",
     "open_raster": "tilesegment.read",
     "create_model": "tilesegment.models",
     "list_models": "tilesegment.models",

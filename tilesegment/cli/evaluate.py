@@ -70,7 +70,7 @@ def evaluate(prediction: str, truth: str, classes: int | None, **options) -> Non
 def report_and_print(prediction, truth, *, classes=None, json_out=None, csv_out=None,
                      report_dir=None, image=None, **kwargs) -> None:
     """Evaluate and write the report wherever asked; the table goes to the terminal."""
-    from tilesegment.evaluate import evaluate as run_evaluation
+    from tilesegment.evaluation import evaluate as run_evaluation
 
     report = run_evaluation(prediction, truth, num_classes=classes, figures_dir=report_dir,
                             image=image, **kwargs)

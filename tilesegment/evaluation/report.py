@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegment.evaluate.metrics import ABSENT_POLICY, class_scores, fcn_measures
+from tilesegment.evaluation.metrics import ABSENT_POLICY, class_scores, fcn_measures
 
 MEASURE_NAMES = {
     "pixel_accuracy": "pixel accuracy",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tilesegment.evaluate.report import Report
+from tilesegment.evaluation.report import Report
 from tilesegment.read.base import Raster
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from tilesegment.errors import InputError
-from tilesegment.evaluate.align import TruthOnGrid, check_same_grid
-from tilesegment.evaluate.confusion import LabelRules, count_block, merge
-from tilesegment.evaluate.report import Report, SeamReport
-from tilesegment.evaluate.seams import seam_band
+from tilesegment.evaluation.align import TruthOnGrid, check_same_grid
+from tilesegment.evaluation.confusion import LabelRules, count_block, merge
+from tilesegment.evaluation.report import Report, SeamReport
+from tilesegment.evaluation.seams import seam_band
 from tilesegment.execute import compute
 from tilesegment.grid import iter_blocks
 from tilesegment.read import open_raster
@@ -138,7 +138,7 @@ def _output_meta(source: Any) -> dict | None:
 
 def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, meta,
              image) -> dict[str, str]:
-    from tilesegment.evaluate.figures import confusion_heatmap, error_preview
+    from tilesegment.evaluation.figures import confusion_heatmap, error_preview
     from tilesegment.models.spec import PALETTE
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, met
 
 def _thumbnail_truth(pred, gt, sampler, rules) -> np.ndarray:
     """The truth, as class ids, at the prediction thumbnail's pixels."""
-    from tilesegment.evaluate.figures import decimate
+    from tilesegment.evaluation.figures import decimate
 
     if sampler is None:
         t = decimate(gt)[0].astype(np.int64)
