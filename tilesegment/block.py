@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tilesegment.grid import TileSpec, tiles_for_window
-from tilesegment.normalize import normalize, valid_mask
+from tilesegment.normalize import missing_values, normalize
 from tilesegment.tile import cut_tiles, read_canvas
 from tilesegment.workers import ModelRecipe, get_predictor
 
@@ -58,10 +58,11 @@ def segment_block(job: BlockJob, window: Window) -> BlockResult:
     right = max(t.col for t in tiles) + spec.tile
     raw = read_canvas(raster.read, shape, (top, bottom, left, right), spec.pad_mode,
                       job.pad_value)
-    ok = valid_mask(raw, raster.nodata)
+    missing = missing_values(raw, raster.nodata)
+    ok = ~missing.all(axis=0)
     canvas = normalize(raw, job.mean, job.std)
-    canvas[:, ~ok] = 0.0  # nodata becomes the normalised mean, not a wild raw value
-    del raw
+    canvas[missing] = 0.0  # a missing value becomes its band's mean, not a wild raw value
+    del raw, missing
 
     predictor = get_predictor(job.recipe)
     stitcher = BlockStitcher(spec, window, job.recipe.num_classes)

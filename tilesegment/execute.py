@@ -28,11 +28,15 @@ def compute(tasks: list, scheduler: Any = None, workers: int = 1, progress: bool
             return list(dask.compute(*tasks, scheduler=name, num_workers=workers))
     with _client(scheduler) as client:
         futures = client.compute(tasks)
-        if progress:
-            from distributed import progress as show
+        try:
+            if progress:
+                from distributed import progress as show
 
-            show(futures)
-        return client.gather(futures)
+                show(futures)
+            return client.gather(futures)
+        except BaseException:
+            client.cancel(futures)  # stop the other blocks: the run has failed
+            raise
 
 
 @contextlib.contextmanager

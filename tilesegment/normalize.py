@@ -2,7 +2,8 @@
 
 ``raster_statistics`` computes per-band mean and standard deviation out of core: one Dask
 task per block returns ``(count, mean, M2)`` per band, merged in a fixed order (Chan et al.'s
-parallel update), so the result does not depend on scheduling. Nodata and NaN are excluded.
+parallel update), so the result does not depend on scheduling. Each band's nodata values
+and NaN are left out of that band's statistics.
 """
 
 from __future__ import annotations
@@ -23,27 +24,34 @@ class BandStats:
     std: np.ndarray
 
 
-def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``(h, w)`` bool: pixels where no band is nodata or NaN (``data`` is ``(C, h, w)``)."""
-    bad = np.zeros(data.shape[1:], dtype=bool)
-    if nodata is not None:
-        bad |= (np.isnan(data) if np.isnan(nodata) else data == nodata).any(axis=0)
+def missing_values(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``bool (C, h, w)``: band values equal to nodata, or NaN."""
+    bad = np.zeros(data.shape, dtype=bool)
+    if nodata is not None and not np.isnan(nodata):
+        bad |= data == nodata
     if np.issubdtype(data.dtype, np.floating):
-        bad |= np.isnan(data).any(axis=0)
-    return ~bad
+        bad |= np.isnan(data)
+    return bad
+
+
+def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``bool (h, w)``: pixels with at least one band that is not nodata (GDAL's rule: a
+    pixel is nodata only when every band is). ``data`` is ``(C, h, w)``."""
+    return ~missing_values(data, nodata).all(axis=0)
 
 
 def _block_moments(raster, window, nodata) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     data = raster.read(window)
-    ok = valid_mask(data, nodata)
-    values = data[:, ok].astype(np.float64)
-    n = values.shape[1]
-    if n == 0:
-        zeros = np.zeros(len(data))
-        return np.zeros(len(data), np.int64), zeros, zeros
-    mean = values.mean(axis=1)
-    m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
-    return np.full(len(data), n, np.int64), mean, m2
+    bad = missing_values(data, nodata)
+    c = len(data)
+    count, mean, m2 = np.zeros(c, np.int64), np.zeros(c), np.zeros(c)
+    for b in range(c):  # each band without its own missing values
+        values = data[b][~bad[b]].astype(np.float64)
+        if values.size:
+            count[b] = values.size
+            mean[b] = values.mean()
+            m2[b] = ((values - mean[b]) ** 2).sum()
+    return count, mean, m2
 
 
 def _merge(parts):

@@ -222,7 +222,7 @@ def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed
         "pad_mode": tspec.pad_mode, "blend": tspec.blend, "block": list(block),
         "normalization": normalization if isinstance(normalization, str | None)
         else [list(map(float, v)) for v in normalization],
-        "input": {"path": raster.source, "shape": list(raster.shape),
+        "input": {"path": _absolute(raster.source), "shape": list(raster.shape),
                   "dtype": str(np.dtype(raster.dtype)), "level": raster.level},
     }
     if weights:
@@ -230,3 +230,10 @@ def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed
 
         prov["weights_sha256"] = file_sha256(weights)
     return prov
+
+
+def _absolute(source: str) -> str:
+    """An input path made absolute (so a provenance record means the same file anywhere);
+    descriptions of in-memory arrays are kept as they are."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source

@@ -22,6 +22,7 @@ def models(pattern: str, channels: int, as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['name']}")
         click.echo(f"    {row['summary']}")
-        click.echo(f"    tiles: {row['tile_rule']}; default tile {row['default_tile']}, "
-                   f"halo {row['default_halo']}, core {row['default_core']}, "
-                   f"shrink {row['shrink']}; receptive radius {row['receptive_radius']}")
+        click.echo(f"    tiles: {row['tile_rule']}")
+        click.echo(f"    default tile {row['default_tile']} → output {row['default_output']} "
+                   f"(shrink {row['shrink']}), halo {row['default_halo']}, core "
+                   f"{row['default_core']}; receptive radius {row['receptive_radius']}")

@@ -146,6 +146,7 @@ def describe_models(pattern: str = "*", in_channels: int = 3) -> list[dict[str, 
             "name": name, "summary": entry.summary, "tile_rule": spec.tile_rule.describe(),
             "output_stride": spec.tile_rule.output_stride, "default_tile": tile,
             "default_halo": halo, "default_core": tile - 2 * halo,
+            "default_output": spec.tile_rule.output_size(tile),
             "shrink": spec.tile_rule.shrink(tile), "receptive_radius": spec.receptive_radius,
             "classes": spec.num_classes, "normalization": spec.normalization.mode,
         })
