@@ -8,6 +8,7 @@ import torch
 
 from tests.helpers import ConvStack, whole_image_logits
 from tilesegment import segment
+from tilesegment.errors import SeamWarning
 from tilesegment.grid import aligned_halo
 from tilesegment.models import create_model, get_spec
 from tilesegment.models.probe import measure_receptive_radius
@@ -62,6 +63,9 @@ def test_same_padded_unet_is_seamless_at_its_radius():
     short = aligned_halo(tile, 12, 8)
     tiled_short = segment(IMAGE, model=net, tile=tile, halo=short, returns="logits")
     assert np.abs(tiled_short - whole).max() > 1e-3
+    # the registry model warns about such a halo before running
+    with pytest.warns(SeamWarning, match="receptive radius 51"):
+        segment(IMAGE[:, :40, :40], model="unet-tiny", classes=3, tile=tile, halo=short)
 
 
 def test_valid_unet_is_seamless():

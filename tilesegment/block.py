@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegment.errors import portable_errors
 from tilesegment.grid import TileSpec, tiles_for_window
 from tilesegment.normalize import missing_values, normalize
 from tilesegment.tile import cut_tiles, read_canvas
@@ -92,6 +93,7 @@ def to_mask(result: BlockResult, dtype: np.dtype, nodata: int) -> np.ndarray:
     return mask
 
 
+@portable_errors
 def block_array(job: BlockJob, window: Window, returns: str, dtype: np.dtype) -> np.ndarray:
     """The block as ``returns`` asks: ``mask`` ``(h, w)``, ``probabilities``/``logits``
     ``float32 (K, h, w)`` (NaN at nodata pixels), ``disagreement`` ``uint8 (h, w)`` (1 where
@@ -107,6 +109,7 @@ def block_array(job: BlockJob, window: Window, returns: str, dtype: np.dtype) ->
     return values
 
 
+@portable_errors
 def write_block(job: BlockJob, window: Window, with_probabilities: bool) -> dict[str, Any]:
     """Segment ``window``, write it to ``job.output``; return class counts and tile count."""
     result = segment_block(job, window)

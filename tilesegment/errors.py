@@ -5,6 +5,10 @@ The CLI turns any :class:`TilesegmentError` into a one-line message and exit sta
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 
 class TilesegmentError(Exception):
     """Root of every error tilesegment raises on purpose."""
@@ -34,9 +38,28 @@ class OutputError(TilesegmentError, OSError):
     """The output cannot be written."""
 
 
-class ConfigError(TilesegmentError, ValueError):
-    """A recipe file that cannot be read or names unknown settings."""
+class SeamWarning(UserWarning):
+    """A halo below the model's receptive field, or cores off its output-stride grid."""
 
 
 class RandomWeightsWarning(UserWarning):
     """A model was built without weights: its output is meaningless except for testing."""
+
+
+def portable_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a task's :class:`TilesegmentError` travel between processes intact.
+
+    ``distributed`` pickles an exception together with its chained causes; a cause from a
+    C library (GDAL's, say) may not unpickle, and the client then gets a bare ``Exception``.
+    The task re-raises a fresh copy of our error with no cause or context attached.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except TilesegmentError as exc:
+            fresh = type(exc)(*exc.args)
+        raise fresh
+
+    return wrapper

@@ -67,8 +67,12 @@ def _client(scheduler: Any) -> Iterator[Any]:
 def start_local_cluster(n_workers: int, threads_per_worker: int = 1):
     """A ``distributed.LocalCluster`` of ``n_workers`` processes bound to localhost, no
     dashboard; workers are named 0..n-1 so each can take its own GPU. Returns a Client."""
+    import logging
+
     from distributed import Client, LocalCluster
 
+    # silence_logs: a failing block is reported once, by the client, as one line
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                           processes=True, host="127.0.0.1", dashboard_address=None)
+                           processes=True, host="127.0.0.1", dashboard_address=None,
+                           silence_logs=logging.CRITICAL)
     return Client(cluster)

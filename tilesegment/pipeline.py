@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tilesegment.block import BlockJob, block_array, write_block
-from tilesegment.errors import GeometryError, ModelError, RandomWeightsWarning
+from tilesegment.errors import GeometryError, ModelError, RandomWeightsWarning, SeamWarning
 from tilesegment.execute import compute
 from tilesegment.grid import TileSpec, default_block, iter_blocks
 from tilesegment.models.registry import get_entry, get_spec
@@ -27,6 +27,7 @@ from tilesegment.workers import (
     available_cores,
     random_weights_message,
     release,
+    validate_recipe,
 )
 
 RETURNS = ("mask", "probabilities", "logits", "disagreement")
@@ -93,45 +94,41 @@ def segment(
     raster = open_raster(source, level=level, mpp=mpp)
     shape = (raster.height, raster.width)
     mspec, module = _model_spec(model, raster.bands, classes, tile)
-    tile = tile or mspec.default_tile
-    shrink = mspec.check_tile(tile)
-    if halo is None:
-        halo = mspec.default_halo(tile)
-    tspec = TileSpec(tile=tile, halo=halo, shrink=shrink, pad_mode=pad_mode, blend=blend)
+    tspec = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=module is None)
     if block_size is not None and block_size < 1:
         raise GeometryError(f"block size must be positive, got {block_size}")
     block = (block_size, block_size) if block_size else default_block(tspec)
     block = (min(block[0], max(shape[0], 1)), min(block[1], max(shape[1], 1)))
     k = mspec.num_classes
     mask_dtype = np.dtype(np.uint8 if k <= 255 else np.uint16)
-    mask_nodata = int(np.iinfo(mask_dtype).max)
+    local = scheduler is None or scheduler in ("threads", "synchronous")
+    n_workers = workers or available_cores()
+    recipe = ModelRecipe(
+        in_channels=raster.bands, num_classes=k, out_side=tspec.out_side,
+        name=None if module is not None else mspec.name, module=module,
+        weights=str(weights) if weights else None, seed=seed, device=device,
+        batch_size=batch_size, channels_last=channels_last, torch_threads=1)
+    if module is None and weights is None and get_entry(mspec.name).trainable:
+        warnings.warn(random_weights_message(mspec.name), RandomWeightsWarning, stacklevel=2)
 
     target = None
-    if output is not None:
-        from tilesegment.write import OutputMeta, create_output
-
-        meta = OutputMeta(
-            shape=shape, num_classes=k, class_names=mspec.class_names,
-            class_colors=mspec.class_colors, georef=raster.georef, block_shape=block,
-            save_probabilities=save_probabilities,
-            provenance=_provenance(raster, mspec, model, weights, tspec, block,
-                                   normalization, seed))
-        target = create_output(output, meta, overwrite=overwrite, cog=cog)
-
     try:
+        # The model, its weights and the device are checked before anything is written.
+        validate_recipe(recipe, local)
+        if output is not None:
+            from tilesegment.write import OutputMeta, create_output
+
+            meta = OutputMeta(
+                shape=shape, num_classes=k, class_names=mspec.class_names,
+                class_colors=mspec.class_colors, georef=raster.georef, block_shape=block,
+                save_probabilities=save_probabilities,
+                provenance=_provenance(raster, mspec, model, weights, tspec, block,
+                                       normalization, seed))
+            target = create_output(output, meta, overwrite=overwrite, cog=cog)
         mean, std = _normalization(normalization, mspec, raster)
-        n_workers = workers or available_cores()
-        recipe = ModelRecipe(
-            in_channels=raster.bands, num_classes=k, out_side=tspec.out_side,
-            name=None if module is not None else mspec.name, module=module,
-            weights=str(weights) if weights else None, seed=seed, device=device,
-            batch_size=batch_size, channels_last=channels_last, torch_threads=1)
-        if module is None and weights is None and get_entry(mspec.name).trainable:
-            warnings.warn(random_weights_message(mspec.name), RandomWeightsWarning,
-                          stacklevel=2)
         job = BlockJob(raster=raster, spec=tspec, recipe=recipe, mean=mean, std=std,
-                       pad_value=pad_value, output=target, mask_nodata=mask_nodata,
-                       mask_dtype=mask_dtype.str)
+                       pad_value=pad_value, output=target,
+                       mask_nodata=int(np.iinfo(mask_dtype).max), mask_dtype=mask_dtype.str)
         windows = list(iter_blocks(shape, block))
         if target is None:
             return _to_array(job, windows, shape, k, returns, mask_dtype, scheduler,
@@ -144,15 +141,44 @@ def segment(
             target.abort()
         raise
     finally:
-        if "recipe" in locals():
-            release(recipe.key)  # this process's copy; cluster workers keep theirs (LRU)
+        release(recipe.key)  # this process's copy; cluster workers keep theirs (LRU)
     counts = np.sum([r["counts"] for r in results], axis=0)
     return RunSummary(
         output=Path(path), shape=shape, class_names=mspec.class_names, class_counts=counts,
         nodata_pixels=sum(r["nodata"] for r in results),
         tiles=sum(r["tiles"] for r in results), blocks=len(windows),
         seconds=time.perf_counter() - started,
-        settings={"tile": tile, "halo": halo, "shrink": shrink, "block": list(block)})
+        settings={"tile": tspec.tile, "halo": tspec.halo, "shrink": tspec.shrink,
+                  "block": list(block)})
+
+
+def _tile_spec(mspec: ModelSpec, tile: int | None, halo: int | None, pad_mode: str,
+               blend: str, check_seams: bool) -> TileSpec:
+    """The tile geometry, checked against the model before any pixel is read."""
+    tile = tile or mspec.default_tile
+    shrink = mspec.check_tile(tile)
+    if halo is None:
+        halo = mspec.default_halo(tile)
+    elif halo < shrink:
+        raise GeometryError(f"halo {halo} is smaller than the model's shrink {shrink} "
+                            f"({_seamless_advice(mspec, tile)})")
+    elif check_seams:
+        stride = mspec.tile_rule.output_stride
+        need = shrink if mspec.valid else mspec.receptive_radius
+        if halo < need or (tile - 2 * halo) % stride:
+            why = (f"below the model's receptive radius {need}" if halo < need else
+                   f"leaves a core of {tile - 2 * halo} px, not a multiple of the "
+                   f"output stride {stride}")
+            warnings.warn(f"halo {halo} {why}: tiles may show seams "
+                          f"({_seamless_advice(mspec, tile)})", SeamWarning, stacklevel=3)
+    return TileSpec(tile=tile, halo=halo, shrink=shrink, pad_mode=pad_mode, blend=blend)
+
+
+def _seamless_advice(mspec: ModelSpec, tile: int) -> str:
+    try:
+        return f"seamless: --halo {mspec.default_halo(tile)}"
+    except GeometryError:
+        return f"no halo makes tile {tile} seamless for this model: use a larger --tile"
 
 
 def _model_spec(model: Any, bands: int, classes: int | None,

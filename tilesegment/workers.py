@@ -59,6 +59,21 @@ def get_predictor(recipe: ModelRecipe):
         return found
 
 
+def validate_recipe(recipe: ModelRecipe, local: bool) -> None:
+    """Build the model now, so a bad name, weights file or device fails before any output
+    exists. Local runs keep the model for their tasks; for a cluster it is built on the CPU
+    and dropped (the workers build their own)."""
+    if local:
+        get_predictor(recipe)
+        return
+    from tilesegment.infer import resolve_device
+
+    if recipe.module is None:
+        _module(recipe)
+    if not recipe.device.startswith("cuda"):
+        resolve_device(recipe.device)
+
+
 def release(key: str) -> None:
     """Drop the model built for recipe ``key`` in this process (after a run)."""
     with _LOCK:
@@ -67,18 +82,22 @@ def release(key: str) -> None:
 
 def _build(recipe: ModelRecipe):
     from tilesegment.infer import Predictor, resolve_device
-    from tilesegment.models.registry import create_model
-    from tilesegment.models.weights import load_weights
 
-    if recipe.module is not None:
-        module = recipe.module
-    else:
-        module = create_model(recipe.name, recipe.in_channels, recipe.num_classes, recipe.seed)
-        if recipe.weights:
-            load_weights(module, recipe.weights)
+    module = recipe.module if recipe.module is not None else _module(recipe)
     device = resolve_device(_worker_device(recipe.device))
     return Predictor(module, device, recipe.batch_size, recipe.out_side, recipe.num_classes,
                      recipe.channels_last, threads=recipe.torch_threads)
+
+
+def _module(recipe: ModelRecipe):
+    """The registered model of ``recipe`` with its weights (seeded random without)."""
+    from tilesegment.models.registry import create_model
+    from tilesegment.models.weights import load_weights
+
+    module = create_model(recipe.name, recipe.in_channels, recipe.num_classes, recipe.seed)
+    if recipe.weights:
+        load_weights(module, recipe.weights)
+    return module
 
 
 def random_weights_message(name: str | None) -> str:

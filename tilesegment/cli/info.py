@@ -17,7 +17,7 @@ def info(source: str, level: int | None, as_json: bool) -> None:
 
     desc = open_raster(source, level=level).describe()
     if as_json:
-        click.echo(json.dumps(desc, indent=2))
+        click.echo(json.dumps(desc, indent=2, ensure_ascii=False))
         return
     c, h, w = desc["shape"]
     click.echo(f"{desc['source']}  ({desc['kind']})")
@@ -28,7 +28,7 @@ def info(source: str, level: int | None, as_json: bool) -> None:
         click.echo(f"  crs       {name}")
         click.echo(f"  transform {desc['transform']}")
     if desc.get("pixel_size"):
-        click.echo(f"  pixel     {desc['pixel_size'][1]} × {desc['pixel_size'][0]} "
+        click.echo(f"  pixel     {desc['pixel_size'][1]:.6g} × {desc['pixel_size'][0]:.6g} "
                    f"{desc.get('unit') or ''}".rstrip())
     if desc.get("block_shape"):
         comp = f", {desc['compression']}" if desc.get("compression") else ""

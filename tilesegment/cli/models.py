@@ -17,7 +17,7 @@ def models(pattern: str, channels: int, as_json: bool) -> None:
 
     rows = describe_models(pattern, channels)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     for row in rows:
         click.echo(f"{row['name']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -10,6 +11,19 @@ from tilesegment.cli.config import load_recipe
 from tilesegment.cli.evaluate import report_and_print, truth_options
 
 PAD_MODES = ("reflect", "symmetric", "edge", "constant")
+
+
+def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """threads, synchronous, an address with a scheme, or an existing scheduler file."""
+    if value in ("threads", "synchronous") or "://" in value:
+        return value
+    if value.endswith(".json"):
+        if not Path(value).is_file():
+            raise click.BadParameter(f"scheduler file {value!r} does not exist", ctx, param)
+        return value
+    raise click.BadParameter(
+        f"{value!r}: use threads, synchronous, tcp://HOST:PORT or a scheduler file (.json)",
+        ctx, param)
 
 
 @click.command()
@@ -44,7 +58,8 @@ PAD_MODES = ("reflect", "symmetric", "edge", "constant")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--level", type=click.IntRange(min=0), help="Pyramid level of a slide.")
 @click.option("--mpp", type=click.FloatRange(min=0, min_open=True),
-              help="Resolution in µm/px: the nearest level at or finer than it, resampled.")
+              help="Pixel size in the raster's unit (µm for slides, CRS units for "
+                   "GeoTIFF): the coarsest level at or finer than it, resampled if finer.")
 @click.option("--normalize", "normalization", type=click.Choice(["spec", "raster", "none"]),
               default="spec", show_default=True, help="Input normalisation: the model's, "
               "whole-raster statistics, or none.")
@@ -52,12 +67,14 @@ PAD_MODES = ("reflect", "symmetric", "edge", "constant")
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--scheduler", default="threads", show_default=True,
+              callback=_check_scheduler,
               help="threads, synchronous, a scheduler address (tcp://host:port) or a "
                    "scheduler file (.json).")
 @click.option("--local-cluster", "local_cluster", type=click.IntRange(min=1),
               help="Start a distributed LocalCluster of N worker processes (one per GPU).")
 @click.option("--workers", type=click.IntRange(min=1),
-              help="Concurrent block tasks on the local threaded scheduler (default 2).")
+              help="Concurrent block tasks on the local threaded scheduler (default: one "
+                   "per CPU core; each runs torch on one thread).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of random weights (only without --weights).")
 @click.option("--progress/--no-progress", default=None,
@@ -102,8 +119,9 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
 
 def _report(summary) -> None:
     h, w = summary.shape
-    click.echo(f"wrote {summary.output}  ({w} × {h} px, {summary.tiles} tiles in "
-               f"{summary.blocks} blocks, {summary.seconds:.1f} s)")
+    blocks = f"{summary.blocks} block{'s' if summary.blocks != 1 else ''}"
+    click.echo(f"wrote {summary.output}  ({w} × {h} px, {summary.tiles} tiles in {blocks}, "
+               f"{summary.seconds:.1f} s)")
     total = max(int(summary.class_counts.sum()), 1)
     for name, count in zip(summary.class_names, summary.class_counts, strict=True):
         click.echo(f"  {name:<16} {count / total:7.2%}")

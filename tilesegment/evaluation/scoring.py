@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegment.errors import InputError
+from tilesegment.errors import InputError, portable_errors
 from tilesegment.evaluation.align import TruthOnGrid, check_same_grid
 from tilesegment.evaluation.confusion import LabelRules, count_block, merge
 from tilesegment.evaluation.report import Report, SeamReport
@@ -106,6 +106,7 @@ def _pad(cm: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@portable_errors
 def _count(job, window, shape):
     pred, gt, sampler, rules, core, width = job
     p = pred.read(window)[0]

@@ -45,8 +45,8 @@ def read_state_dict(path: str | Path) -> dict:
             warnings.simplefilter("ignore", UserWarning)  # torch's pickle-protocol notice
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: refused or unreadable weights file ({first})") from None
+        raise ModelError(f"{path}: refused or unreadable weights file "
+                         f"({_torch_reason(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -71,3 +71,12 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
         raise ModelError(f"{path}: does not fit the model; " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
     return module.eval()
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The reason inside torch.load's long message (without its advice to load unsafely)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        return "it is a pickle that only an unsafe load would run: " + " ".join(detail.split())
+    return " ".join(text.split())[:200] or type(exc).__name__

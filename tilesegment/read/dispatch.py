@@ -69,7 +69,8 @@ def open_raster(
     elif isinstance(source, np.ndarray) or is_dask_array(source):
         raster = ArrayRaster(source).at_level(level or 0)
     elif isinstance(source, str | os.PathLike):
-        raster = _open_path(Path(source), level or 0)
+        # absolute, so that a worker process with another working directory finds it
+        raster = _open_path(Path(source).absolute(), level or 0)
     else:
         raise InputError(
             f"cannot open a {type(source).__name__}: give a path, an array or a Raster"
