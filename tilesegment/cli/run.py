@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
         raise click.UsageError("--cog needs a .tif output")
     from tilesegment.pipeline import segment
 
+    # A polite kill (SIGTERM) unwinds like Ctrl-C, so the partial output is removed.
+    signal.signal(signal.SIGTERM, _terminate)
     client = None
     if local_cluster:
         from tilesegment.execute import start_local_cluster
@@ -115,6 +118,10 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
     _report(summary)
     if truth is not None:
         report_and_print(str(summary.output), truth, classes=classes, **truth_settings)
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _report(summary) -> None:
