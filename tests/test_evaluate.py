@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, jaccard_score
 
+from tilesegment import segment
 from tilesegment.errors import InputError
 from tilesegment.evaluation import evaluate
 from tilesegment.evaluation.seams import seam_band
@@ -237,3 +238,23 @@ def test_top_level_evaluate_is_the_function_even_after_submodule_import():
 
     report = tilesegment.evaluate(np.zeros((3, 3), np.uint8), np.zeros((3, 3), np.uint8))
     assert report.measures["pixel_accuracy"] == 1.0
+
+
+def test_blended_run_disagreement_is_reported(tmp_path):
+    """The overlap section counts exactly the pixels of the independent disagreement map."""
+    image = RNG.normal(size=(2, 90, 100)).astype(np.float32)
+    truth = RNG.integers(0, 3, (90, 100)).astype(np.uint8)
+    common = dict(model="unet-tiny", classes=3, tile=64, halo=12, blend="gaussian")
+    d = segment(image, returns="disagreement", **common)
+    mask = segment(image, **common)
+    summary = segment(image, tmp_path / "g.zarr", save_disagreement=True, **common)
+    r = evaluate(summary.output, truth, figures_dir=tmp_path / "fig")
+    o = r.overlap.summary()
+    assert d.any()
+    assert o["disagree"]["pixels"] == int(d.sum())
+    hit = d == 1
+    assert o["disagree"]["pixel_accuracy"] == pytest.approx((mask[hit] == truth[hit]).mean())
+    assert (tmp_path / "fig" / "disagreement.png").is_file()
+    with pytest.raises(Exception, match="needs --blend gaussian"):
+        segment(image, tmp_path / "c.zarr", save_disagreement=True, model="unet-tiny",
+                classes=3, tile=64, halo=12)

@@ -110,7 +110,8 @@ def block_array(job: BlockJob, window: Window, returns: str, dtype: np.dtype) ->
 
 
 @portable_errors
-def write_block(job: BlockJob, window: Window, with_probabilities: bool) -> dict[str, Any]:
+def write_block(job: BlockJob, window: Window, with_probabilities: bool,
+                with_disagreement: bool = False) -> dict[str, Any]:
     """Segment ``window``, write it to ``job.output``; return class counts and tile count."""
     result = segment_block(job, window)
     output = job.output
@@ -119,7 +120,11 @@ def write_block(job: BlockJob, window: Window, with_probabilities: bool) -> dict
     if with_probabilities:
         probs = softmax(result.logits)
         probs[:, ~result.valid] = np.nan
-    output.write_block(window[0], window[2], mask, probs)
+    disagreement = None
+    if with_disagreement:
+        disagreement = result.disagreement.astype(np.uint8)
+        disagreement[~result.valid] = 255
+    output.write_block(window[0], window[2], mask, probs, disagreement=disagreement)
     k = job.recipe.num_classes
     counts = np.bincount(mask[result.valid].ravel(), minlength=k)[:k]
     return {"counts": counts.astype(np.int64), "nodata": int((~result.valid).sum()),

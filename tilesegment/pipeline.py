@@ -67,6 +67,7 @@ def segment(
     mpp: float | None = None,
     normalization: str | tuple | None = None,
     save_probabilities: bool = False,
+    save_disagreement: bool = False,
     returns: str = "mask",
     overwrite: bool = False,
     cog: bool = False,
@@ -82,6 +83,8 @@ def segment(
     numpy or dask array, or an opened raster. ``model``: a registered name or any
     ``torch.nn.Module`` obeying the contract ``float32[N, C, T, T] → float32[N, K, T', T']``.
     ``normalization``: ``"spec"`` (the model's), ``"raster"``, ``"none"`` or ``(mean, std)``.
+    ``save_disagreement`` (``blend="gaussian"`` only): also write where overlapping tiles'
+    own classes disagree, a seam diagnostic that ``evaluate`` reports.
 
     With ``output=None`` returns the stitched result as a numpy array: ``returns="mask"``
     gives class ids ``(H, W)`` uint8/uint16 (nodata = 255/65535), ``"probabilities"`` or
@@ -97,6 +100,9 @@ def segment(
     tspec = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=module is None)
     if block_size is not None and block_size < 1:
         raise GeometryError(f"block size must be positive, got {block_size}")
+    if save_disagreement and blend != "gaussian":
+        raise GeometryError("the disagreement map needs --blend gaussian: under crop every "
+                            "pixel comes from one tile")
     block = (block_size, block_size) if block_size else default_block(tspec)
     block = (min(block[0], max(shape[0], 1)), min(block[1], max(shape[1], 1)))
     k = mspec.num_classes
@@ -121,7 +127,7 @@ def segment(
             meta = OutputMeta(
                 shape=shape, num_classes=k, class_names=mspec.class_names,
                 class_colors=mspec.class_colors, georef=raster.georef, block_shape=block,
-                save_probabilities=save_probabilities,
+                save_probabilities=save_probabilities, save_disagreement=save_disagreement,
                 provenance=_provenance(raster, mspec, model, weights, tspec, block,
                                        normalization, seed))
             target = create_output(output, meta, overwrite=overwrite, cog=cog)
@@ -133,8 +139,8 @@ def segment(
         if target is None:
             return _to_array(job, windows, shape, k, returns, mask_dtype, scheduler,
                              n_workers, progress)
-        results = _run_writing(job, windows, save_probabilities, scheduler, n_workers,
-                               progress)
+        results = _run_writing(job, windows, (save_probabilities, save_disagreement),
+                               scheduler, n_workers, progress)
         path = target.finalize()
     except BaseException:
         if target is not None:
@@ -210,11 +216,11 @@ def _normalization(choice: Any, mspec: ModelSpec, raster) -> tuple[Any, Any]:
     return stats.mean, stats.std
 
 
-def _run_writing(job, windows, with_probs, scheduler, n_workers, progress) -> list[dict]:
+def _run_writing(job, windows, layers, scheduler, n_workers, progress) -> list[dict]:
     import dask
 
     shared = dask.delayed(job, pure=True, traverse=False)
-    tasks = [dask.delayed(write_block, pure=True)(shared, w, with_probs) for w in windows]
+    tasks = [dask.delayed(write_block, pure=True)(shared, w, *layers) for w in windows]
     return compute(tasks, scheduler, n_workers, progress)
 
 

@@ -99,3 +99,48 @@ def test_corrupt_chunk(tmp_path: Path) -> None:
     np.testing.assert_array_equal(raster.read((0, 16, 0, 16)), 1.0)
     with pytest.raises(DamagedInputError, match=r"broken\.zarr: cannot read window rows 10:20"):
         raster.read((10, 20, 10, 20))
+
+
+def test_tilesegment_output_disagreement_layer(tmp_path: Path, rng: np.random.Generator) -> None:
+    """``out.zarr/disagreement``: one uint8 band, nodata 255, the group's georeference."""
+    from tilesegment.read.base import Georef
+    from tilesegment.write import OutputMeta, create_output
+
+    shape, block = (70, 90), (32, 40)
+    georef = Georef('LOCAL_CS["t"]', (2.0, 0.0, 10.0, 0.0, -2.0, 50.0), (2.0, 2.0), "m")
+    meta = OutputMeta(shape=shape, num_classes=2, class_names=("a", "b"),
+                      class_colors=((0, 0, 0), (9, 9, 9)), georef=georef, block_shape=block,
+                      save_disagreement=True)
+    labels = rng.integers(0, 2, shape, dtype=np.uint8)
+    flags = rng.random(shape) < 0.3
+    path = tmp_path / "out.zarr"
+    with create_output(path, meta) as out:
+        for r in range(0, shape[0], block[0]):
+            for c in range(0, shape[1], block[1]):
+                if (r, c) != (32, 40):  # left unwritten: nodata
+                    sl = np.s_[r : r + block[0], c : c + block[1]]
+                    out.write_block(r, c, labels[sl], disagreement=flags[sl])
+    want = flags.astype(np.uint8)
+    want[32:64, 40:80] = 255
+
+    layer = open_raster(path / "disagreement")
+    assert isinstance(layer, ZarrRaster)
+    assert layer.shape == (1, *shape) and layer.dtype == np.uint8
+    assert layer.nodata == 255 and layer.block_shape == block
+    assert layer.georef == georef
+    np.testing.assert_array_equal(layer.read((0, shape[0], 0, shape[1]))[0], want)
+    np.testing.assert_array_equal(layer.read((30, 70, 35, 85))[0], want[30:70, 35:85])
+    info = layer.describe()["output"]
+    assert info["layer"] == "disagreement" and info["layers"] == ["mask", "disagreement"]
+
+    mask = open_raster(path)  # the group still opens as its mask
+    assert mask.shape == (1, *shape) and mask.nodata == 255 and mask.georef == georef
+    assert mask.describe()["output"]["layer"] == "mask"
+
+    plain = tmp_path / "plain.zarr"  # an output without the layer: nothing to open
+    with create_output(plain, OutputMeta(shape=shape, num_classes=2, class_names=("a", "b"),
+                                         class_colors=((0, 0, 0), (9, 9, 9)), georef=georef,
+                                         block_shape=block)) as out:
+        out.write_block(0, 0, labels[:32, :40])
+    with pytest.raises(InputError, match="not found"):
+        open_raster(plain / "disagreement")

@@ -1,4 +1,5 @@
-"""GeoTIFF outputs: georeference, values, colour map, tags, COG layout, probabilities."""
+"""GeoTIFF outputs: georeference, values, colour map, tags, COG layout, probabilities and
+disagreement siblings."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def make_meta(
     georef: Georef,
     *,
     save_probabilities: bool = False,
+    save_disagreement: bool = False,
 ) -> OutputMeta:
     return OutputMeta(
         shape=shape,
@@ -39,6 +41,7 @@ def make_meta(
         block_shape=block,
         save_probabilities=save_probabilities,
         provenance={"model": "fcn", "tile": 512, "halo": 32},
+        save_disagreement=save_disagreement,
     )
 
 
@@ -151,6 +154,57 @@ def test_probabilities_sibling(tmp_path: Path) -> None:
     want = probs.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(got[:, 32:], want[:, 32:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.probabilities.tif", "scene.tif"]
+
+
+@pytest.mark.parametrize(
+    ("cog", "shape", "block"),
+    [(False, (97, 131), (32, 48)), (True, (600, 700), (256, 300))],
+    ids=["tiled", "cog"],
+)
+def test_disagreement_sibling(tmp_path: Path, cog: bool, shape, block) -> None:
+    path = tmp_path / "scene.tif"
+    transform = (0.5, 0.0, 609_000.0, 0.0, -0.5, 200_000.0)
+    meta = make_meta(shape, block, Georef(WKT, transform, (0.5, 0.5), "m"),
+                     save_disagreement=True)
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, len(NAMES), shape).astype(np.uint8)
+    flags = (rng.random(shape) < 0.2).astype(np.uint8)
+    flags[rng.random(shape) < 0.05] = 255
+    (h, w), (bh, bw) = shape, block
+    out = create_output(path, meta, cog=cog)
+    for r in range(0, h, bh):
+        for c in range(0, w, bw):
+            if (r, c) != (0, 0):  # block (0, 0) never written: nodata in every layer
+                sl = np.s_[r : r + bh, c : c + bw]
+                out.write_block(r, c, labels[sl], disagreement=flags[sl])
+    assert not path.exists() and not (tmp_path / "scene.disagreement.tif").exists()
+    out.finalize()
+    want = flags.copy()
+    want[:bh, :bw] = 255
+
+    sibling = tmp_path / "scene.disagreement.tif"
+    with rasterio.open(sibling) as ds:
+        assert (ds.height, ds.width, ds.count) == (h, w, 1)
+        assert ds.dtypes == ("uint8",) and ds.nodata == 255
+        assert ds.crs.to_epsg() == 32119 and ds.transform == Affine(*transform)
+        assert ds.profile["tiled"] and ds.block_shapes[0] in ((256, 256), (512, 512))
+        assert ds.profile["compress"] == "deflate"
+        assert ds.tags()["TILESEGMENT_LAYER"] == "disagreement"
+        assert ds.descriptions[0].startswith("1: overlapping tiles disagree")
+        assert ds.colormap(1)[1] == (255, 0, 0, 255)
+        np.testing.assert_array_equal(ds.read(1), want)
+        layout = ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
+        assert (layout == "COG") == cog
+        assert bool(ds.overviews(1)) == cog
+    with rasterio.open(path) as ds:  # the mask is untouched by the extra layer
+        mask = labels.copy()
+        mask[:bh, :bw] = 255
+        np.testing.assert_array_equal(ds.read(1), mask)
+        assert (ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG") == cog
+    info = read_output_meta(path)
+    assert info["layers"] == ["mask", "disagreement"]
+    assert info["layer_paths"] == {"mask": str(path), "disagreement": str(sibling)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.disagreement.tif", "scene.tif"]
 
 
 def test_slide_without_crs_keeps_pixel_size(tmp_path: Path) -> None:

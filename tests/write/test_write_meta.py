@@ -8,7 +8,7 @@ import pytest
 from tilesegment.errors import OutputError, TilesegmentError
 from tilesegment.read.base import Georef
 from tilesegment.write import OutputMeta, create_output, output_kind
-from tilesegment.write.base import check_block
+from tilesegment.write.base import check_block, check_disagreement
 from tilesegment.write.meta import meta_to_attrs
 from tilesegment.write.transcode import bigtiff_option, tiff_tile_size, windows
 
@@ -87,6 +87,41 @@ def test_block_checks() -> None:
         check_block(meta, 0, 0, np.zeros((32, 48), np.uint8), probs[:2])
     # nodata is a legal value in a block (pixels the task could not compute)
     check_block(meta, 0, 0, np.full((32, 48), 255, np.uint8), probs)
+
+
+def test_disagreement_checks() -> None:
+    meta = make_meta(save_disagreement=True)
+    flags = np.zeros((32, 48), bool)
+    flags[3, 4] = True
+    got = check_disagreement(meta, 32, 48, flags)
+    assert got is not None and got.dtype == np.uint8 and got[3, 4] == 1 and got.sum() == 1
+    values = np.array([0, 1, 255] * 16 * 32, np.int64).reshape(32, 48)
+    got = check_disagreement(meta, 0, 0, values)
+    assert got is not None and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, values)
+    edge = check_disagreement(meta, 96, 96, np.ones((1, 35), np.uint8))
+    assert edge is not None and edge.shape == (1, 35)
+    with pytest.raises(ValueError, match="pass it"):
+        check_disagreement(meta, 0, 0, None)
+    with pytest.raises(ValueError, match="shape"):
+        check_disagreement(meta, 96, 0, flags)
+    with pytest.raises(ValueError, match="not aligned"):
+        check_disagreement(meta, 16, 0, flags)
+    with pytest.raises(ValueError, match="dtype float32"):
+        check_disagreement(meta, 0, 0, flags.astype(np.float32))
+    with pytest.raises(ValueError, match="holds 2"):
+        check_disagreement(meta, 0, 0, np.full((32, 48), 2, np.uint8))
+    # not saved: ignored, whatever it is
+    assert check_disagreement(make_meta(), 0, 0, np.full((5, 5), 9.5)) is None
+
+
+def test_layers_recorded_in_attrs() -> None:
+    assert meta_to_attrs(make_meta(), kind="zarr")["layers"] == ["mask"]
+    both = make_meta(save_probabilities=True, save_disagreement=True)
+    attrs = meta_to_attrs(both, kind="geotiff")
+    assert attrs["layers"] == ["mask", "probabilities", "disagreement"]
+    assert attrs["save_disagreement"] is True
+    assert make_meta(save_disagreement=True).layers == ("mask", "disagreement")
 
 
 @pytest.mark.parametrize(

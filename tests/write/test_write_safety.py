@@ -23,7 +23,7 @@ BLOCK = (32, 48)
 GEOREF = Georef(CRS.from_epsg(32119).to_wkt(), (1.0, 0.0, 6e5, 0.0, -1.0, 2e5), (1.0, 1.0), "m")
 
 
-def make_meta(save_probabilities: bool = False) -> OutputMeta:
+def make_meta(save_probabilities: bool = False, save_disagreement: bool = False) -> OutputMeta:
     return OutputMeta(
         shape=SHAPE,
         num_classes=3,
@@ -32,6 +32,7 @@ def make_meta(save_probabilities: bool = False) -> OutputMeta:
         georef=GEOREF,
         block_shape=BLOCK,
         save_probabilities=save_probabilities,
+        save_disagreement=save_disagreement,
     )
 
 
@@ -43,17 +44,38 @@ def mask_of(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 3, SHAPE).astype(np.uint8)
 
 
+def disagreement_of(mask: np.ndarray) -> np.ndarray:
+    """The disagreement layer ``write_blocks`` writes with ``mask``: 1 on class 1."""
+    return (mask == 1).astype(np.uint8)
+
+
 def write_blocks(out: Output, mask: np.ndarray, todo=None) -> None:
+    flags = disagreement_of(mask)
     for r, c in corners() if todo is None else todo:
-        block = mask[r : r + BLOCK[0], c : c + BLOCK[1]]
+        sl = np.s_[r : r + BLOCK[0], c : c + BLOCK[1]]
+        block = mask[sl]
         probs = np.stack([block == k for k in range(3)]).astype(np.float32)
-        out.write_block(r, c, block, probs if out.meta.save_probabilities else None)
+        out.write_block(
+            r,
+            c,
+            block,
+            probs if out.meta.save_probabilities else None,
+            disagreement=flags[sl] == 1 if out.meta.save_disagreement else None,
+        )
 
 
 def read_mask(path: Path) -> np.ndarray:
     if path.suffix == ".zarr":
         return zarr.open_group(str(path), mode="r")["mask"][:]
     with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def read_disagreement(path: Path) -> np.ndarray:
+    if path.suffix == ".zarr":
+        return zarr.open_group(str(path), mode="r")["disagreement"][:]
+    with rasterio.open(path.with_name(f"{path.stem}.disagreement{path.suffix}")) as ds:
+        assert ds.nodata == 255
         return ds.read(1)
 
 
@@ -99,11 +121,46 @@ def test_existing_probabilities_sibling_is_refused(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["out.probabilities.tif"]
 
 
+def test_existing_disagreement_sibling_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out.disagreement.tif").write_bytes(b"keep me")
+    with pytest.raises(OutputExistsError, match="disagreement"):
+        create_output(tmp_path / "out.tif", make_meta(save_disagreement=True))
+    assert (tmp_path / "out.disagreement.tif").read_bytes() == b"keep me"
+    assert listing(tmp_path) == ["out.disagreement.tif"]
+    # with overwrite the sibling is replaced, at finalize
+    out = create_output(tmp_path / "out.tif", make_meta(save_disagreement=True), overwrite=True)
+    write_blocks(out, mask_of(8))
+    assert (tmp_path / "out.disagreement.tif").read_bytes() == b"keep me"
+    out.finalize()
+    np.testing.assert_array_equal(read_disagreement(tmp_path / "out.tif"),
+                                  disagreement_of(mask_of(8)))
+    assert listing(tmp_path) == ["out.disagreement.tif", "out.tif"]
+
+
+def test_abort_removes_disagreement_sibling_after_failed_finalize(tmp_path: Path) -> None:
+    """The siblings are published before the mask; when the mask cannot be (another run's
+    mask appeared meanwhile), the sibling this run published goes too: no partial set."""
+    path = tmp_path / "out.tif"
+    out = create_output(path, make_meta(save_probabilities=True, save_disagreement=True))
+    write_blocks(out, mask_of(9))
+    old = make_old(path)  # a mask-only run finished first
+    with pytest.raises(OutputExistsError):
+        out.finalize()
+    # no sibling next to the other run's mask: only our scratch store is left
+    names = listing(tmp_path)
+    assert "out.disagreement.tif" not in names and "out.probabilities.tif" not in names
+    assert [n for n in names if not n.startswith(".out.tif.partial-")] == ["out.tif"]
+    out.abort()
+    assert listing(tmp_path) == ["out.tif"]
+    assert snapshot(path) == old
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_aborted_overwrite_keeps_old_output(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     old = make_old(path)
-    out = create_output(path, make_meta(save_probabilities=True), overwrite=True)
+    meta = make_meta(save_probabilities=True, save_disagreement=True)
+    out = create_output(path, meta, overwrite=True)
     write_blocks(out, mask_of(1))
     assert snapshot(path) == old  # nothing replaced before finalize
     partials = [n for n in listing(tmp_path) if n != name]
@@ -169,7 +226,7 @@ def test_context_manager(tmp_path: Path) -> None:
 def test_pickled_copy_writes_original_finalizes(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     src = mask_of(6)
-    out = create_output(path, make_meta(save_probabilities=True))
+    out = create_output(path, make_meta(save_probabilities=True, save_disagreement=True))
     todo = corners()
     write_blocks(out, src, todo[:3])  # the original has opened its arrays
     copy = pickle.loads(pickle.dumps(out))
@@ -177,6 +234,7 @@ def test_pickled_copy_writes_original_finalizes(tmp_path: Path, name: str) -> No
     write_blocks(copy, src, todo[3:])
     out.finalize()
     np.testing.assert_array_equal(read_mask(path), src)
+    np.testing.assert_array_equal(read_disagreement(path), disagreement_of(src))
     # a stale copy cannot write any more, and leaves no stray partial behind
     with pytest.raises(OutputError):
         write_blocks(copy, src, todo[:1])
@@ -193,10 +251,11 @@ def _task(out: Output, corner: tuple[int, int], seed: int) -> int:
 @pytest.mark.parametrize("name", NAMES)
 def test_process_pool(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
-    out = create_output(path, make_meta(save_probabilities=True))
+    out = create_output(path, make_meta(save_probabilities=True, save_disagreement=True))
     context = multiprocessing.get_context("spawn")  # fresh interpreters, like dask workers
     with ProcessPoolExecutor(2, mp_context=context) as pool:
         pids = list(pool.map(_task, [out] * len(corners()), corners(), [7] * len(corners())))
     assert os.getpid() not in pids
     out.finalize()
     np.testing.assert_array_equal(read_mask(path), mask_of(7))
+    np.testing.assert_array_equal(read_disagreement(path), disagreement_of(mask_of(7)))

@@ -1,4 +1,5 @@
-"""Zarr v3 outputs: threaded round trip on an odd shape, attributes, chunk files, nodata."""
+"""Zarr v3 outputs: threaded round trip on an odd shape, attributes, chunk files, nodata,
+the optional probabilities and disagreement layers."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ GEOREF = Georef(
 PROVENANCE = {"model": "unet", "weights_sha256": "ab" * 32, "halo": 16, "nested": {"a": [1, 2]}}
 
 
-def make_meta(save_probabilities: bool = False) -> OutputMeta:
+def make_meta(save_probabilities: bool = False, save_disagreement: bool = False) -> OutputMeta:
     return OutputMeta(
         shape=SHAPE,
         num_classes=K,
@@ -36,6 +37,7 @@ def make_meta(save_probabilities: bool = False) -> OutputMeta:
         block_shape=BLOCK,
         save_probabilities=save_probabilities,
         provenance=PROVENANCE,
+        save_disagreement=save_disagreement,
     )
 
 
@@ -85,7 +87,8 @@ def test_threaded_round_trip(tmp_path: Path) -> None:
 
     codecs = json.loads((path / "mask" / "zarr.json").read_text())["codecs"]
     assert any(codec["name"] == "zstd" for codec in codecs)
-    assert "probabilities" not in group
+    assert "probabilities" not in group and "disagreement" not in group
+    assert group.attrs["tilesegment"]["layers"] == ["mask"]
 
 
 def test_attributes(tmp_path: Path) -> None:
@@ -126,6 +129,87 @@ def test_probabilities(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         got[:, BLOCK[0] :], probs[:, BLOCK[0] :].astype(np.float16), strict=True
     )
+
+
+def source_disagreement(seed: int = 0) -> np.ndarray:
+    """A random ``(H, W)`` uint8 disagreement map: 0/1 with some nodata (255) pixels, block
+    ``(0, BLOCK[1])`` all 0 (a chunk zarr would skip if it were the fill value)."""
+    rng = np.random.default_rng(seed)
+    flags = (rng.random(SHAPE) < 0.1).astype(np.uint8)
+    flags[rng.random(SHAPE) < 0.05] = 255
+    flags[: BLOCK[0], BLOCK[1] : 2 * BLOCK[1]] = 0
+    return flags
+
+
+def test_disagreement_layer(tmp_path: Path) -> None:
+    path = tmp_path / "out.zarr"
+    src, flags = source_mask(3), source_disagreement(3)
+    skipped = (32, 48)  # never written: reads back as nodata (255), not as "agree" (0)
+    out = create_output(path, make_meta(save_probabilities=True, save_disagreement=True))
+    want = np.full(SHAPE, 255, np.uint8)
+    for i, (r, c) in enumerate(block_corners()):
+        if (r, c) == skipped:
+            continue
+        sl = np.s_[r : r + BLOCK[0], c : c + BLOCK[1]]
+        probs = np.stack([src[sl] == k for k in range(K)]).astype(np.float32)
+        block = flags[sl] == 1 if i % 2 else flags[sl]  # bool blocks are accepted too
+        want[sl] = block
+        out.write_block(r, c, src[sl], probs, disagreement=block)
+    out.finalize()
+
+    group = zarr.open_group(str(path), mode="r")
+    arr = group["disagreement"]
+    assert arr.shape == SHAPE and arr.chunks == BLOCK
+    assert arr.dtype == np.uint8 and arr.fill_value == 255
+    got = arr[:]
+    np.testing.assert_array_equal(got, want)
+    assert (got[32:64, 48:96] == 255).all() and set(np.unique(got)) == {0, 1, 255}
+    for r, c in block_corners():  # one chunk per written block, the all-zero one included
+        chunk = path / "disagreement" / "c" / str(r // BLOCK[0]) / str(c // BLOCK[1])
+        assert chunk.is_file() == ((r, c) != skipped), chunk
+    codecs = json.loads((path / "disagreement" / "zarr.json").read_text())["codecs"]
+    assert any(codec["name"] == "zstd" for codec in codecs)
+    np.testing.assert_array_equal(group["mask"][:][: BLOCK[0]], src[: BLOCK[0]])
+
+    attrs = group.attrs["tilesegment"]
+    assert attrs["layers"] == ["mask", "probabilities", "disagreement"]
+    assert attrs["save_disagreement"] is True
+    info = read_output_meta(path)
+    assert info["layers"] == ["mask", "probabilities", "disagreement"]
+    assert info["layer_paths"]["disagreement"] == str(path / "disagreement")
+
+
+def test_disagreement_is_required_when_saved_and_ignored_otherwise(tmp_path: Path) -> None:
+    block = np.zeros(BLOCK, np.uint8)
+    out = create_output(tmp_path / "with.zarr", make_meta(save_disagreement=True))
+    with pytest.raises(ValueError, match="disagreement"):
+        out.write_block(0, 0, block)
+    with pytest.raises(ValueError, match="disagreement"):
+        out.write_block(0, 0, block, disagreement=np.full(BLOCK, 2, np.uint8))
+    out.write_block(0, 0, block, None, np.ones(BLOCK, bool))  # positional works too
+    out.finalize()
+    assert zarr.open_group(str(tmp_path / "with.zarr"), mode="r")["disagreement"][0, 0] == 1
+
+    path = tmp_path / "without.zarr"
+    with create_output(path, make_meta()) as out:
+        out.write_block(0, 0, block, disagreement=np.full(BLOCK, 7, np.float32))
+    group = zarr.open_group(str(path), mode="r")
+    assert "disagreement" not in group
+    assert read_output_meta(path)["layers"] == ["mask"]
+
+
+def test_read_output_meta_of_an_output_without_layers_key(tmp_path: Path) -> None:
+    """Outputs written before ``layers`` was recorded: the layers are derived."""
+    path = tmp_path / "old.zarr"
+    with create_output(path, make_meta(save_probabilities=True)) as out:
+        out.write_block(0, 0, np.zeros(BLOCK, np.uint8), np.zeros((K, *BLOCK), np.float32))
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs["tilesegment"])
+    del attrs["layers"], attrs["save_disagreement"]
+    group.attrs["tilesegment"] = attrs
+    info = read_output_meta(path)
+    assert info["layers"] == ["mask", "probabilities"]
+    assert set(info["layer_paths"]) == {"mask", "probabilities"}
 
 
 def test_unaligned_block_is_refused(tmp_path: Path) -> None:

@@ -65,6 +65,8 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
               default="spec", show_default=True, help="Input normalisation: the model's, "
               "whole-raster statistics, or none.")
 @click.option("--save-probabilities", is_flag=True, help="Also write per-class probabilities.")
+@click.option("--save-disagreement", is_flag=True, help="With --blend gaussian: also write "
+              "where overlapping tiles disagree on the class (a seam diagnostic).")
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--scheduler", default="threads", show_default=True,
@@ -86,7 +88,8 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
 def run(source: str, output: str, model: str, weights: str | None, classes: int | None,
         tile: int | None, halo: int | None, pad_mode: str, pad_value: float, blend: str,
         batch_size: int, block_size: int | None, device: str, level: int | None,
-        mpp: float | None, normalization: str, save_probabilities: bool, cog: bool,
+        mpp: float | None, normalization: str, save_probabilities: bool,
+        save_disagreement: bool, cog: bool,
         overwrite: bool, scheduler: str, local_cluster: int | None, workers: int | None,
         seed: int, progress: bool | None, truth: str | None, **truth_settings) -> None:
     """Segment SOURCE (GeoTIFF, slide TIFF/SVS/OME-TIFF, or Zarr) into OUTPUT."""
@@ -109,6 +112,7 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
             halo=halo, pad_mode=pad_mode, pad_value=pad_value, blend=blend,
             batch_size=batch_size, block_size=block_size, device=device, level=level,
             mpp=mpp, normalization=normalization, save_probabilities=save_probabilities,
+            save_disagreement=save_disagreement,
             cog=cog, overwrite=overwrite, scheduler=scheduler, workers=workers, seed=seed,
             progress=sys.stderr.isatty() if progress is None else progress)
     finally:

@@ -101,3 +101,25 @@ def error_preview(prediction: Raster, truth: np.ndarray, path: str | Path,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def disagreement_map(disagreement: Raster, path: str | Path, max_side: int = 1024) -> Path:
+    """Where overlapping tiles disagreed (red), downsampled by nearest neighbour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = decimate(disagreement, max_side)[0]
+    rgb = np.full((*d.shape, 3), 255, np.uint8)
+    rgb[d == 1] = (220, 30, 30)
+    rgb[d == 255] = (160, 160, 160)
+    fig, ax = plt.subplots(figsize=(6, 6 * d.shape[0] / max(d.shape[1], 1)), dpi=120)
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_title("pixels where overlapping tiles disagree (red)")
+    ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -41,6 +41,24 @@ class SeamReport:
 
 
 @dataclass(frozen=True)
+class OverlapReport:
+    """For a Gaussian-blended run with its disagreement map: confusion matrices of the
+    pixels where overlapping tiles agreed on the class and where they disagreed."""
+
+    agree: np.ndarray
+    disagree: np.ndarray
+
+    def summary(self) -> dict[str, Any]:
+        total = int(self.agree.sum() + self.disagree.sum())
+        out: dict[str, Any] = {"disagreeing_fraction":
+                               int(self.disagree.sum()) / total if total else None}
+        for name, cm in (("agree", self.agree), ("disagree", self.disagree)):
+            out[name] = {"pixels": int(cm.sum()),
+                         "pixel_accuracy": fcn_measures(cm)["pixel_accuracy"]}
+        return out
+
+
+@dataclass(frozen=True)
 class Report:
     """An evaluation: ``confusion`` ``int64 (K, K)`` (rows truth, columns prediction), the
     FCN measures, per-class scores, optional seam diagnostics."""
@@ -50,6 +68,7 @@ class Report:
     measures: dict[str, float]
     per_class: list[dict[str, Any]]
     seam: SeamReport | None = None
+    overlap: OverlapReport | None = None
     sources: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict)
@@ -84,6 +103,7 @@ class Report:
             "absent_class_policy": self.policy, "sources": self.sources,
             "settings": self.settings,
             "seam": self.seam.summary() if self.seam else None,
+            "overlap": self.overlap.summary() if self.overlap else None,
             "figures": self.figures,
         }
 
@@ -126,6 +146,14 @@ class Report:
                 lines.append(f"  {part:<10}accuracy {_fmt(s[part]['pixel_accuracy'])}  "
                              f"mean IoU {_fmt(s[part]['mean_iou'])}  "
                              f"({s[part]['pixels']:,} px)")
+        if self.overlap:
+            o = self.overlap.summary()
+            lines.append("")
+            lines.append(f"overlapping tiles disagree on {_pct(o['disagreeing_fraction'])} of "
+                         "pixels:")
+            for part in ("agree", "disagree"):
+                lines.append(f"  {part:<10}accuracy {_fmt(o[part]['pixel_accuracy'])}  "
+                             f"({o[part]['pixels']:,} px)")
         lines.append("")
         lines.append(f"absent classes: {self.policy}")
         return "\n".join(lines)
@@ -158,10 +186,23 @@ class Report:
             for part in ("seam", "interior"):
                 out.append(f"| {part} | {s[part]['pixels']:,} | "
                            f"{_fmt(s[part]['pixel_accuracy'])} | {_fmt(s[part]['mean_iou'])} |")
+        if self.overlap:
+            o = self.overlap.summary()
+            out += ["", "## Where blended tiles disagree", "",
+                    f"Overlapping tiles' own classes differ on "
+                    f"{_pct(o['disagreeing_fraction'])} of the counted pixels.", "",
+                    "| pixels where tiles | pixels | pixel accuracy |", "|---|---|---|"]
+            for part in ("agree", "disagree"):
+                out.append(f"| {part} | {o[part]['pixels']:,} | "
+                           f"{_fmt(o[part]['pixel_accuracy'])} |")
         for caption, path in (figures or {}).items():
             out += ["", f"![{caption}]({path})"]
         out += ["", f"Absent classes: {self.policy}.", ""]
         return "\n".join(out)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
 def _num(x: float) -> float | None:

@@ -11,7 +11,7 @@ import numpy as np
 from tilesegment.errors import InputError, portable_errors
 from tilesegment.evaluation.align import TruthOnGrid, check_same_grid
 from tilesegment.evaluation.confusion import LabelRules, count_block, merge
-from tilesegment.evaluation.report import Report, SeamReport
+from tilesegment.evaluation.report import OverlapReport, Report, SeamReport
 from tilesegment.evaluation.seams import seam_band
 from tilesegment.execute import compute
 from tilesegment.grid import iter_blocks
@@ -75,7 +75,9 @@ def evaluate(
     import dask
 
     shape = (pred.height, pred.width)
-    job = dask.delayed((pred, gt, sampler, rules, core, seam_width), pure=True,
+    layer = ((meta or {}).get("layer_paths") or {}).get("disagreement")
+    disagreement = open_raster(layer) if layer else None
+    job = dask.delayed((pred, gt, sampler, rules, core, seam_width, disagreement), pure=True,
                        traverse=False)
     tasks = [dask.delayed(_count, pure=True)(job, w, shape)
              for w in iter_blocks(shape, (block, block))]
@@ -88,11 +90,16 @@ def evaluate(
                           interior=merge([p[2] for p in parts]))
         k = max(confusion.shape[0], seam.seam.shape[0], seam.interior.shape[0])
         seam = SeamReport(seam_width, core, _pad(seam.seam, k), _pad(seam.interior, k))
+    overlap = None
+    if disagreement is not None:
+        overlap = OverlapReport(agree=merge([p[3] for p in parts]),
+                                disagree=merge([p[4] for p in parts]))
     figures = {}
     if figures_dir is not None:
         figures = _figures(Path(figures_dir), confusion, class_names, pred, gt, sampler,
-                           rules, meta, image)
-    return Report.build(confusion, class_names, seam=seam, figures=figures, sources={
+                           rules, meta, image, disagreement)
+    return Report.build(confusion, class_names, seam=seam, overlap=overlap, figures=figures,
+                        sources={
         "prediction": pred.source, "truth": gt.source}, settings={
         "ignore_index": ignore_index, "instances": instances,
         "mapping": {str(a): b for a, b in (mapping or {}).items()},
@@ -108,21 +115,27 @@ def _pad(cm: np.ndarray, k: int) -> np.ndarray:
 
 @portable_errors
 def _count(job, window, shape):
-    pred, gt, sampler, rules, core, width = job
+    """Confusion matrices of one block: all counted pixels, then (optionally) the seam
+    band and the interior, then pixels where blended tiles agreed and disagreed."""
+    pred, gt, sampler, rules, core, width, disagreement = job
     p = pred.read(window)[0]
     if sampler is None:
         t, outside = gt.read(window)[0], None
     else:
         t, outside = sampler.read(window)
+    out = np.zeros(p.shape, bool) if outside is None else outside
+
+    def split(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (count_block(p, t, rules, out | region),    # outside the region
+                count_block(p, t, rules, out | ~region))   # inside it
+
     whole = count_block(p, t, rules, outside)
-    if not width:
-        return whole, None, None
-    band = seam_band(window, shape, core, width)
-    ignore = band if outside is None else band | outside
-    interior = count_block(p, t, rules, ignore)
-    ignore = ~band if outside is None else ~band | outside
-    seam = count_block(p, t, rules, ignore)
-    return whole, seam, interior
+    interior = seam = agree = disagree = None
+    if width:
+        interior, seam = split(seam_band(window, shape, core, width))
+    if disagreement is not None:
+        agree, disagree = split(disagreement.read(window)[0] == 1)
+    return whole, seam, interior, agree, disagree
 
 
 def _output_meta(source: Any) -> dict | None:
@@ -138,8 +151,12 @@ def _output_meta(source: Any) -> dict | None:
 
 
 def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, meta,
-             image) -> dict[str, str]:
-    from tilesegment.evaluation.figures import confusion_heatmap, error_preview
+             image, disagreement) -> dict[str, str]:
+    from tilesegment.evaluation.figures import (
+        confusion_heatmap,
+        disagreement_map,
+        error_preview,
+    )
     from tilesegment.models.spec import PALETTE
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,7 +177,11 @@ def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, met
             picture = None  # a different grid (e.g. --mpp resampled run): no underlay
     preview = error_preview(pred, truth, folder / "preview.png", colors, picture,
                             pred_nodata=pred.nodata)
-    return {"confusion matrix": heat.name, "prediction and errors": preview.name}
+    figures = {"confusion matrix": heat.name, "prediction and errors": preview.name}
+    if disagreement is not None:
+        figures["where blended tiles disagree"] = disagreement_map(
+            disagreement, folder / "disagreement.png").name
+    return figures
 
 
 def _thumbnail_truth(pred, gt, sampler, rules) -> np.ndarray:

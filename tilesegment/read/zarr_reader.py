@@ -9,9 +9,10 @@ array are honoured.
 
 tilesegment's own Zarr output (a group whose ``tilesegment`` attribute holds the output
 metadata, see :mod:`tilesegment.write.meta`) opens as its ``mask`` array: one band of class
-ids with the output's georeference and nodata. ``<out>.zarr/mask`` and
-``<out>.zarr/probabilities`` (``(K, H, W)`` float16, nodata NaN) open one layer each, the
-georeference again taken from the group.
+ids with the output's georeference and nodata. ``<out>.zarr/mask``,
+``<out>.zarr/probabilities`` (``(K, H, W)`` float16, nodata NaN) and
+``<out>.zarr/disagreement`` (``(H, W)`` uint8, 1 where overlapping tiles disagreed, nodata
+255) open one layer each, the georeference again taken from the group.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from tilesegment.read.tiffmeta import UM_PER_UNIT
 
 OUTPUT_KEY = "tilesegment"
 """Group attribute of a tilesegment output (written by :mod:`tilesegment.write.zarr_output`)."""
-OUTPUT_LAYERS = ("mask", "probabilities")
+OUTPUT_LAYERS = ("mask", "probabilities", "disagreement")
+LAYER_NODATA = {"probabilities": float("nan"), "disagreement": 255.0}
+"""Nodata of an output's optional layers (the mask's is in the output metadata)."""
 
 
 def _open_node(path: Path) -> Any:
@@ -164,9 +167,12 @@ class ZarrRaster(Raster):
             "class_names": attrs.get("class_names"),
             "complete": bool((attrs.get("completion") or {}).get("complete", False)),
         }
-        # pixels without a class: the mask's nodata id; NaN in the probabilities
-        if layer != "mask":
-            self.nodata = float("nan")
+        if isinstance(attrs.get("layers"), list):
+            self.output["layers"] = list(attrs["layers"])
+        # pixels never written: the mask's nodata id; NaN in the probabilities; 255 in the
+        # disagreement layer
+        if layer in LAYER_NODATA:
+            self.nodata = LAYER_NODATA[layer]
         elif attrs.get("nodata") is not None:
             self.nodata = float(attrs["nodata"])
 

@@ -1,4 +1,5 @@
-"""Writers: a class mask (and optionally probabilities) written block by block, safely.
+"""Writers: a class mask (and optionally probabilities and the tile-disagreement layer)
+written block by block, safely.
 
 ``create_output(path, meta)`` picks the kind from the extension (``.zarr`` → Zarr v3
 directory, ``.tif``/``.tiff`` → GeoTIFF), refuses an existing output unless ``overwrite``,
@@ -19,7 +20,7 @@ from typing import Any
 from tilesegment.errors import InputError, OutputError
 from tilesegment.write import atomic
 from tilesegment.write.base import Output
-from tilesegment.write.meta import OutputMeta
+from tilesegment.write.meta import OutputMeta, output_layers
 
 __all__ = ["Output", "OutputMeta", "create_output", "output_kind", "read_output_meta"]
 
@@ -44,10 +45,11 @@ def create_output(
 ) -> Output:
     """Start an output at ``path`` (kind from the extension) for a mask described by ``meta``.
 
-    Raises :class:`OutputExistsError` when something is at ``path`` (or at its probabilities
-    sibling) and not ``overwrite``, before anything is written; with ``overwrite`` the old
-    output is replaced only by ``finalize``. ``cog`` (GeoTIFF only) makes a Cloud-Optimized
-    GeoTIFF with overviews. The parent directory is created if needed.
+    Raises :class:`OutputExistsError` when something is at ``path`` (or, for a GeoTIFF, at
+    its probabilities or disagreement sibling) and not ``overwrite``, before anything is
+    written; with ``overwrite`` the old output is replaced only by ``finalize``. ``cog``
+    (GeoTIFF only) makes Cloud-Optimized GeoTIFFs with overviews. The parent directory is
+    created if needed.
     """
     final = Path(path).expanduser().absolute()
     kind = output_kind(final)
@@ -81,8 +83,11 @@ def create_output(
 def read_output_meta(path: str | Path) -> dict[str, Any]:
     """The ``tilesegment`` metadata of an output (the JSON of ``meta_to_attrs``).
 
-    Adds ``path``; for a GeoTIFF also ``overviews`` (decimation factors) and
-    ``tiff_block_shape``. InputError when ``path`` is not a tilesegment output.
+    Adds ``path``; ``layers`` (``"mask"``, then ``"probabilities"``/``"disagreement"`` when
+    saved; derived for outputs older than that key) and ``layer_paths`` (layer → the path
+    ``open_raster`` opens it from: ``out.zarr/<layer>``, or the GeoTIFF and its
+    ``<stem>.<layer><suffix>`` siblings); for a GeoTIFF also ``overviews`` (decimation
+    factors) and ``tiff_block_shape``. InputError when ``path`` is not a tilesegment output.
     """
     path = Path(path)
     if not atomic.exists(path):
@@ -100,11 +105,13 @@ def read_output_meta(path: str | Path) -> dict[str, Any]:
             attrs = dict(zarr.open_group(str(path), mode="r").attrs[ATTRS_KEY])
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise InputError(f"{path} is not a tilesegment Zarr output: {exc}") from exc
-        return {**attrs, "path": str(path)}
+        layers = output_layers(attrs)
+        paths = {layer: str(path / layer) for layer in layers}
+        return {**attrs, "layers": layers, "layer_paths": paths, "path": str(path)}
 
     import rasterio
 
-    from tilesegment.write.geotiff_output import TAG_ATTRS
+    from tilesegment.write.geotiff_output import TAG_ATTRS, sibling_path
 
     try:
         with warnings.catch_warnings():  # a slide mask has no geotransform: expected
@@ -117,4 +124,9 @@ def read_output_meta(path: str | Path) -> dict[str, Any]:
         raise InputError(f"cannot read {path}: {exc}") from exc
     if TAG_ATTRS not in tags:
         raise InputError(f"{path} is not a tilesegment GeoTIFF output (no {TAG_ATTRS} tag)")
-    return {**json.loads(tags[TAG_ATTRS]), **extra, "path": str(path)}
+    attrs = json.loads(tags[TAG_ATTRS])
+    layers = output_layers(attrs)
+    paths = {
+        layer: str(path if layer == "mask" else sibling_path(path, layer)) for layer in layers
+    }
+    return {**attrs, **extra, "layers": layers, "layer_paths": paths, "path": str(path)}

@@ -18,7 +18,7 @@ import numpy as np
 
 from tilesegment.errors import OutputError
 from tilesegment.write import atomic
-from tilesegment.write.meta import OutputMeta
+from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta
 
 OPEN, FINALIZED, ABORTED = "open", "finalized", "aborted"
 
@@ -66,6 +66,43 @@ def check_block(
     return mask, probabilities.astype(np.float16, copy=False)
 
 
+def check_disagreement(
+    meta: OutputMeta, row0: int, col0: int, disagreement: np.ndarray | None
+) -> np.ndarray | None:
+    """Validate one block of the disagreement layer and return it as stored: ``(h, w)``
+    uint8 of 0 (tiles agree), 1 (they disagree) or 255 (nodata); None unless
+    ``meta.save_disagreement``.
+
+    ``disagreement`` is bool, or integers holding only 0, 1 and 255. Raises ValueError for an
+    unaligned corner, a wrong shape or dtype, another value, or a missing layer.
+    """
+    if not meta.save_disagreement:
+        return None
+    if disagreement is None:
+        raise ValueError("this output saves the disagreement layer: pass it with every block")
+    h, w = meta.block_extent(row0, col0)
+    disagreement = np.asarray(disagreement)
+    if disagreement.shape != (h, w):
+        raise ValueError(
+            f"disagreement block at ({row0}, {col0}) has shape {disagreement.shape}, "
+            f"want {(h, w)}"
+        )
+    if disagreement.dtype == np.bool_:
+        return disagreement.astype(np.uint8)
+    if disagreement.dtype.kind not in "ui":
+        raise ValueError(
+            f"disagreement must be bool or uint8 (0/1/{DISAGREEMENT_NODATA}), "
+            f"got dtype {disagreement.dtype}"
+        )
+    bad = (disagreement != 0) & (disagreement != 1) & (disagreement != DISAGREEMENT_NODATA)
+    if bad.any():
+        raise ValueError(
+            f"disagreement block at ({row0}, {col0}) holds {disagreement[bad].flat[0]}, "
+            f"not 0, 1 or nodata {DISAGREEMENT_NODATA}"
+        )
+    return disagreement.astype(np.uint8, copy=False)
+
+
 class Output(ABC):
     """A segmentation output being written block by block; see the module docstring.
 
@@ -94,8 +131,15 @@ class Output(ABC):
         """Create the temporary store the blocks are written to."""
 
     @abstractmethod
-    def _write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
-        """Store one validated block."""
+    def _write(
+        self,
+        row0: int,
+        col0: int,
+        mask: np.ndarray,
+        probs: np.ndarray | None,
+        disagreement: np.ndarray | None,
+    ) -> None:
+        """Store one validated block (the optional layers None when not saved)."""
 
     @abstractmethod
     def _finalize(self) -> None:
@@ -114,18 +158,23 @@ class Output(ABC):
         col0: int,
         mask: np.ndarray,
         probabilities: np.ndarray | None = None,
+        disagreement: np.ndarray | None = None,
     ) -> None:
         """Write the block whose top-left pixel is ``(row0, col0)``.
 
         ``mask``: ``(h, w)`` class ids, ``h, w`` the block shape clipped at the raster edge;
         ``probabilities``: ``(K, h, w)`` float32 or float16, required when the output saves
-        probabilities (ignored otherwise). ``(row0, col0)`` must be a multiple of the block
-        shape (ValueError otherwise). Safe to call concurrently for different blocks.
+        probabilities (ignored otherwise); ``disagreement``: ``(h, w)`` bool, or uint8 of
+        0/1/255 (255 = nodata), required when the output saves the disagreement layer
+        (ignored otherwise). ``(row0, col0)`` must be a multiple of the block shape
+        (ValueError otherwise). Safe to call concurrently for different blocks.
         """
         if self._state != OPEN:
             raise OutputError(f"cannot write to {self.path}: the output is {self._state}")
-        mask, probs = check_block(self.meta, int(row0), int(col0), mask, probabilities)
-        self._write(int(row0), int(col0), mask, probs)
+        row0, col0 = int(row0), int(col0)
+        mask, probs = check_block(self.meta, row0, col0, mask, probabilities)
+        disagree = check_disagreement(self.meta, row0, col0, disagreement)
+        self._write(row0, col0, mask, probs, disagree)
 
     def finalize(self) -> Path:
         """Make the output complete and visible under :attr:`path`; return that path.

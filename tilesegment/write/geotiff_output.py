@@ -5,11 +5,15 @@ Tasks cannot write a compressed GeoTIFF concurrently, so they fill a scratch
 and :meth:`GeoTiffOutput.finalize` writes ``.<name>.partial-<token>.tif`` window by window,
 renames it to the final name and removes the scratch. With ``save_probabilities`` a sibling
 ``<stem>.probabilities<suffix>`` (K float32 bands, same georeference) is written the same
-way and published before the mask, so a visible mask means the set is complete.
+way, and with ``save_disagreement`` a sibling ``<stem>.disagreement<suffix>`` (one uint8
+band: 1 where overlapping tiles disagree, 0 where they agree, nodata 255). Siblings are
+published before the mask, so a visible mask means the set is complete; when publishing
+fails part-way, the siblings this run had just made appear are removed again.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ import numpy as np
 
 from tilesegment.write import atomic
 from tilesegment.write.base import Output
-from tilesegment.write.meta import OutputMeta, meta_to_attrs
+from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs
 from tilesegment.write.transcode import Layer, json_tag, parse_crs, write_geotiff
 from tilesegment.write.zarr_output import BlockStore
 
@@ -25,9 +29,19 @@ TAG_ATTRS = "TILESEGMENT"
 """Dataset tag holding the JSON of :func:`~tilesegment.write.meta.meta_to_attrs`."""
 
 
+def sibling_path(path: Path, layer: str) -> Path:
+    """``<dir>/<stem>.<layer><suffix>``: the GeoTIFF of ``layer`` next to the mask ``path``."""
+    return path.with_name(f"{path.stem}.{layer}{path.suffix}")
+
+
 def probabilities_path(path: Path) -> Path:
     """``<dir>/<stem>.probabilities<suffix>`` next to the mask GeoTIFF ``path``."""
-    return path.with_name(f"{path.stem}.probabilities{path.suffix}")
+    return sibling_path(path, "probabilities")
+
+
+def disagreement_path(path: Path) -> Path:
+    """``<dir>/<stem>.disagreement<suffix>`` next to the mask GeoTIFF ``path``."""
+    return sibling_path(path, "disagreement")
 
 
 class GeoTiffOutput(Output):
@@ -46,9 +60,14 @@ class GeoTiffOutput(Output):
         return probabilities_path(self.path) if self.meta.save_probabilities else None
 
     @property
+    def disagreement_path(self) -> Path | None:
+        """The disagreement GeoTIFF, None unless the output saves that layer."""
+        return disagreement_path(self.path) if self.meta.save_disagreement else None
+
+    @property
     def final_paths(self) -> tuple[Path, ...]:
-        probs = self.probabilities_path
-        return (self.path,) if probs is None else (self.path, probs)
+        siblings = (self.probabilities_path, self.disagreement_path)
+        return (self.path, *(path for path in siblings if path is not None))
 
     def _create(self) -> None:
         parse_crs(self.meta.georef.crs_wkt)  # a CRS GDAL rejects fails now, not at the end
@@ -56,8 +75,15 @@ class GeoTiffOutput(Output):
         attrs["cog"] = self.cog
         self.store = BlockStore.create(self.store.root, self.meta, attrs)
 
-    def _write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
-        self.store.write(row0, col0, mask, probs)
+    def _write(
+        self,
+        row0: int,
+        col0: int,
+        mask: np.ndarray,
+        probs: np.ndarray | None,
+        disagreement: np.ndarray | None,
+    ) -> None:
+        self.store.write(row0, col0, mask, probs, disagreement)
 
     def _stop_writes(self) -> None:
         self.store.close()
@@ -67,7 +93,10 @@ class GeoTiffOutput(Output):
         plan = [(self._mask_layer(attrs), self.path)]
         if self.probabilities_path is not None:
             plan.append((self._probabilities_layer(attrs), self.probabilities_path))
+        if self.disagreement_path is not None:
+            plan.append((self._disagreement_layer(attrs), self.disagreement_path))
         staged: list[tuple[Path, Path]] = []
+        appeared: list[Path] = []  # siblings published where nothing was before
         try:
             for layer, final in plan:
                 tmp = atomic.partial_path(final, self.token, ".tif")
@@ -81,11 +110,21 @@ class GeoTiffOutput(Output):
                     cog=self.cog,
                 )
             for tmp, final in reversed(staged):  # the mask last
+                fresh = not atomic.exists(final)
                 atomic.publish(tmp, final, overwrite=self.overwrite)
+                if fresh:
+                    appeared.append(final)
         except BaseException:
-            # Keep the scratch store (finalize may be retried); drop half-written TIFFs.
+            # Keep the scratch store (finalize may be retried); drop half-written TIFFs, and
+            # the siblings already published if the mask could not be: no partial set.
             for tmp, _ in staged:
                 atomic.remove_prefixed(tmp)
+            for final in appeared:
+                try:
+                    atomic.remove(final)
+                except OSError as exc:
+                    warnings.warn(f"could not remove {final}: {exc}", RuntimeWarning,
+                                  stacklevel=2)
             raise
 
     def _tags(self, attrs: dict[str, Any], layer: str) -> dict[str, str]:
@@ -97,7 +136,7 @@ class GeoTiffOutput(Output):
         }
 
     def _mask_layer(self, attrs: dict[str, Any]) -> Layer:
-        mask, _ = self.store.arrays()
+        mask = self.store.arrays().mask
         meta = self.meta
         colormap = {i: (*rgb, 255) for i, rgb in enumerate(meta.class_colors)}
         colormap[meta.nodata] = (0, 0, 0, 0)
@@ -113,7 +152,7 @@ class GeoTiffOutput(Output):
         )
 
     def _probabilities_layer(self, attrs: dict[str, Any]) -> Layer:
-        _, probs = self.store.arrays()
+        probs = self.store.arrays().probabilities
         assert probs is not None
         return Layer(
             read=lambda r0, r1, c0, c1: probs[:, r0:r1, c0:c1],
@@ -124,4 +163,21 @@ class GeoTiffOutput(Output):
             tags=self._tags(attrs, "probabilities"),
             resampling="AVERAGE",
             predictor=3,
+        )
+
+    def _disagreement_layer(self, attrs: dict[str, Any]) -> Layer:
+        disagreement = self.store.arrays().disagreement
+        assert disagreement is not None
+        nodata = DISAGREEMENT_NODATA
+        return Layer(
+            read=lambda r0, r1, c0, c1: disagreement[r0:r1, c0:c1][np.newaxis],
+            bands=1,
+            dtype=np.dtype(np.uint8),
+            nodata=nodata,
+            descriptions=(
+                f"1: overlapping tiles disagree on the class, 0: they agree, nodata {nodata}",
+            ),
+            tags=self._tags(attrs, "disagreement"),
+            resampling="MODE",
+            colormap={0: (0, 0, 0, 0), 1: (255, 0, 0, 255), nodata: (0, 0, 0, 0)},
         )

@@ -25,6 +25,9 @@ MAX_CLASSES_UINT8 = 255
 MAX_CLASSES_UINT16 = 65535
 """Class ids ``0..65534`` fit a uint16 mask with 65535 left free as nodata."""
 
+DISAGREEMENT_NODATA = 255
+"""Value of the ``disagreement`` layer (uint8: 1 disagree, 0 agree) where nothing was written."""
+
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
     """``value`` as a ``(int, int)`` of positive sizes, else ValueError."""
@@ -45,7 +48,9 @@ class OutputMeta:
     ``class_colors`` (RGB 0..255) of length K; ``georef`` copied into the output;
     ``block_shape`` ``(h, w)``: the output chunk, which is the block one task writes;
     ``save_probabilities``: also store ``(K, H, W)`` probabilities; ``provenance``: a
-    JSON-able dict stored verbatim.
+    JSON-able dict stored verbatim; ``save_disagreement``: also store the uint8 ``(H, W)``
+    layer that is 1 where overlapping tiles of a Gaussian-blended run disagree on the class,
+    0 where they agree, :data:`DISAGREEMENT_NODATA` where nothing was written.
     """
 
     shape: tuple[int, int]
@@ -56,6 +61,7 @@ class OutputMeta:
     block_shape: tuple[int, int]
     save_probabilities: bool = False
     provenance: dict = field(default_factory=dict)
+    save_disagreement: bool = False
 
     def __post_init__(self) -> None:
         # Normalise lists (from JSON, from a model card) to tuples and check the sizes.
@@ -97,6 +103,15 @@ class OutputMeta:
         return int(np.iinfo(self.mask_dtype).max)
 
     @property
+    def layers(self) -> tuple[str, ...]:
+        """The layers this output stores: ``"mask"``, then the optional ones it saves."""
+        return (
+            "mask",
+            *(("probabilities",) if self.save_probabilities else ()),
+            *(("disagreement",) if self.save_disagreement else ()),
+        )
+
+    @property
     def block_grid(self) -> tuple[int, int]:
         """Number of blocks ``(rows, cols)``; edge blocks are smaller."""
         (h, w), (bh, bw) = self.shape, self.block_shape
@@ -130,7 +145,10 @@ def georef_to_json(georef: Georef) -> dict[str, Any]:
 def meta_to_attrs(meta: OutputMeta, *, kind: str) -> dict[str, Any]:
     """The JSON dict stored with an output of ``kind`` (``"zarr"`` or ``"geotiff"``).
 
-    ``completion.complete`` is False until the writer's ``finalize`` sets it.
+    ``layers`` lists what the output holds (``"mask"``, then ``"probabilities"`` and
+    ``"disagreement"`` when saved); outputs written before it existed lack the key (see
+    :func:`output_layers`). ``completion.complete`` is False until the writer's ``finalize``
+    sets it.
     """
     rows, cols = meta.block_grid
     return {
@@ -146,6 +164,8 @@ def meta_to_attrs(meta: OutputMeta, *, kind: str) -> dict[str, Any]:
         "class_colors": [list(c) for c in meta.class_colors],
         **georef_to_json(meta.georef),
         "save_probabilities": bool(meta.save_probabilities),
+        "save_disagreement": bool(meta.save_disagreement),
+        "layers": list(meta.layers),
         "provenance": meta.provenance,
         "completion": {
             "complete": False,
@@ -154,3 +174,12 @@ def meta_to_attrs(meta: OutputMeta, *, kind: str) -> dict[str, Any]:
             "finalized_at": None,
         },
     }
+
+
+def output_layers(attrs: dict[str, Any]) -> list[str]:
+    """The layers of an output from its JSON dict; for outputs written before ``layers``
+    was recorded, derived from ``save_probabilities``."""
+    layers = attrs.get("layers")
+    if isinstance(layers, list) and all(isinstance(name, str) for name in layers):
+        return list(layers)
+    return ["mask", *(["probabilities"] if attrs.get("save_probabilities") else [])]

@@ -7,7 +7,11 @@ Layout of a store (a Zarr v3 group):
   never written reads as nodata, not as class 0;
 - ``probabilities`` (only with ``save_probabilities``): ``(K, H, W)`` float16, chunks
   ``(K, h, w)``, fill value NaN;
-- group attribute ``tilesegment``: :func:`~tilesegment.write.meta.meta_to_attrs`.
+- ``disagreement`` (only with ``save_disagreement``): ``(H, W)`` uint8, 1 where overlapping
+  tiles disagree on the class, 0 where they agree; chunks = block shape, fill value 255
+  (nodata), so a block never written reads as nodata;
+- group attribute ``tilesegment``: :func:`~tilesegment.write.meta.meta_to_attrs` (its
+  ``layers`` lists the arrays above that the group holds).
 
 Every chunk a task writes is stored, even when it equals the fill value
 (``write_empty_chunks``), so a finished output has one chunk file per block.
@@ -19,7 +23,7 @@ import datetime as dt
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -28,11 +32,12 @@ from zarr.codecs import ZstdCodec
 from tilesegment.errors import OutputError
 from tilesegment.write import atomic
 from tilesegment.write.base import Output
-from tilesegment.write.meta import OutputMeta, meta_to_attrs
+from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs
 
 ATTRS_KEY = "tilesegment"
 MASK = "mask"
 PROBABILITIES = "probabilities"
+DISAGREEMENT = "disagreement"
 _CONFIG = {"write_empty_chunks": True}
 CLOSE_TIMEOUT = 60.0
 """Seconds an abort waits for block writes in flight before removing the store anyway."""
@@ -40,6 +45,14 @@ CLOSE_TIMEOUT = 60.0
 
 def _compressor() -> ZstdCodec:
     return ZstdCodec(level=3, checksum=True)
+
+
+class StoreArrays(NamedTuple):
+    """The arrays of a block store; an optional layer is None when the output lacks it."""
+
+    mask: zarr.Array
+    probabilities: zarr.Array | None
+    disagreement: zarr.Array | None
 
 
 class BlockStore:
@@ -55,7 +68,7 @@ class BlockStore:
 
     def _init_local(self) -> None:
         self._lock = threading.Lock()
-        self._arrays: tuple[zarr.Array, zarr.Array | None] | None = None
+        self._arrays: StoreArrays | None = None
         # writes in flight in this process, and whether new ones are refused (see close)
         self._writes = threading.Condition()
         self._active = 0
@@ -87,24 +100,47 @@ class BlockStore:
                 dimension_names=("class", "y", "x"),
                 config=_CONFIG,
             )
+        if meta.save_disagreement:
+            group.create_array(
+                DISAGREEMENT,
+                shape=meta.shape,
+                chunks=(h, w),
+                dtype=np.uint8,
+                fill_value=DISAGREEMENT_NODATA,
+                compressors=_compressor(),
+                dimension_names=("y", "x"),
+                config=_CONFIG,
+            )
         return cls(root, meta)
 
-    def arrays(self) -> tuple[zarr.Array, zarr.Array | None]:
-        """``(mask, probabilities or None)``, opened once per process and cached."""
+    def arrays(self) -> StoreArrays:
+        """``(mask, probabilities, disagreement)`` (None for a layer not saved), opened once
+        per process and cached."""
         with self._lock:
             if self._arrays is None:
                 group = zarr.open_group(str(self.root), mode="r+")
-                mask = group[MASK].with_config(_CONFIG)
-                probs = (
-                    group[PROBABILITIES].with_config(_CONFIG)
-                    if self.meta.save_probabilities
-                    else None
+
+                def layer(name: str, saved: bool) -> zarr.Array | None:
+                    return group[name].with_config(_CONFIG) if saved else None
+
+                self._arrays = StoreArrays(
+                    group[MASK].with_config(_CONFIG),
+                    layer(PROBABILITIES, self.meta.save_probabilities),
+                    layer(DISAGREEMENT, self.meta.save_disagreement),
                 )
-                self._arrays = (mask, probs)
             return self._arrays
 
-    def write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
-        """Store a validated block: mask ``(h, w)``, probabilities ``(K, h, w)`` float16."""
+    def write(
+        self,
+        row0: int,
+        col0: int,
+        mask: np.ndarray,
+        probs: np.ndarray | None,
+        disagreement: np.ndarray | None = None,
+    ) -> None:
+        """Store a validated block: mask ``(h, w)``, probabilities ``(K, h, w)`` float16,
+        disagreement ``(h, w)`` uint8 (each optional layer only when the store has it).
+        The mask goes last: a mask chunk on disk means the whole block was stored."""
         with self._writes:
             if self._closed:
                 raise OutputError(f"{self.root} is closed: the output was finalized or aborted")
@@ -114,11 +150,13 @@ class BlockStore:
             # than let the store recreate a stray temporary directory.
             if not (self.root / "zarr.json").is_file():
                 raise OutputError(f"{self.root} is gone: the output was finalized or aborted")
-            mask_arr, probs_arr = self.arrays()
+            arrays = self.arrays()
             h, w = mask.shape
-            if probs_arr is not None and probs is not None:
-                probs_arr[:, row0 : row0 + h, col0 : col0 + w] = probs
-            mask_arr[row0 : row0 + h, col0 : col0 + w] = mask
+            if arrays.probabilities is not None and probs is not None:
+                arrays.probabilities[:, row0 : row0 + h, col0 : col0 + w] = probs
+            if arrays.disagreement is not None and disagreement is not None:
+                arrays.disagreement[row0 : row0 + h, col0 : col0 + w] = disagreement
+            arrays.mask[row0 : row0 + h, col0 : col0 + w] = mask
         finally:
             with self._writes:
                 self._active -= 1
@@ -188,8 +226,15 @@ class ZarrOutput(Output):
             self.store.root, self.meta, meta_to_attrs(self.meta, kind=self.kind)
         )
 
-    def _write(self, row0: int, col0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
-        self.store.write(row0, col0, mask, probs)
+    def _write(
+        self,
+        row0: int,
+        col0: int,
+        mask: np.ndarray,
+        probs: np.ndarray | None,
+        disagreement: np.ndarray | None,
+    ) -> None:
+        self.store.write(row0, col0, mask, probs, disagreement)
 
     def _stop_writes(self) -> None:
         self.store.close()
