@@ -21,12 +21,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: ``spec(in_channels, num_classes)`` and ``build(...)`` functions."""
+    """A registered model: ``spec(in_channels, num_classes)`` (no torch) and
+    ``build(in_channels, num_classes, **options)`` (imports torch lazily) functions.
+
+    ``options`` are builder-specific keywords, e.g. ``backbone_weights`` for the VGG-based
+    models; ``create_model`` passes them through.
+    """
 
     name: str
     summary: str
     spec: Callable[[int, int], ModelSpec]
-    build: Callable[[int, int], nn.Module]
+    build: Callable[..., nn.Module]
     default_classes: int = 2
     trainable: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -63,16 +68,18 @@ def get_spec(name: str, in_channels: int, num_classes: int | None = None) -> Mod
 
 
 def create_model(
-    name: str, in_channels: int, num_classes: int | None = None, seed: int = 0
+    name: str, in_channels: int, num_classes: int | None = None, seed: int = 0,
+    **options: Any,
 ) -> nn.Module:
     """Build model ``name`` with random weights drawn from ``seed`` (reproducible in every
-    process), in eval mode. Load trained weights with :func:`tilesegment.models.weights`."""
+    process), in eval mode; ``options`` go to the model's builder. Load trained weights
+    with :func:`tilesegment.models.weights.load_weights`."""
     import torch
 
     entry = get_entry(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = entry.build(in_channels, num_classes or entry.default_classes)
+        module = entry.build(in_channels, num_classes or entry.default_classes, **options)
     return module.eval()
 
 
