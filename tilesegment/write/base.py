@@ -130,7 +130,6 @@ class Output(ABC):
     def _create(self) -> None:
         """Create the temporary store the blocks are written to."""
 
-    @abstractmethod
     def _write(
         self,
         row0: int,
@@ -139,16 +138,17 @@ class Output(ABC):
         probs: np.ndarray | None,
         disagreement: np.ndarray | None,
     ) -> None:
-        """Store one validated block (the optional layers None when not saved)."""
+        """Store one validated block (the optional layers None when not saved) in the
+        run's block store (Zarr for both kinds; the GeoTIFF is made from it at the end)."""
+        self.store.write(row0, col0, mask, probs, disagreement)
 
     @abstractmethod
     def _finalize(self) -> None:
         """Complete the temporary output and publish it under :attr:`final_paths`."""
 
-    @abstractmethod
     def _stop_writes(self) -> None:
-        """Refuse further block writes and wait for those in flight on other threads
-        (an abort calls it before removing the temporary store)."""
+        """Refuse new block writes and wait for those in flight."""
+        self.store.close()
 
     # -- the contract ----------------------------------------------------------------------
 

@@ -75,19 +75,6 @@ class GeoTiffOutput(Output):
         attrs["cog"] = self.cog
         self.store = BlockStore.create(self.store.root, self.meta, attrs)
 
-    def _write(
-        self,
-        row0: int,
-        col0: int,
-        mask: np.ndarray,
-        probs: np.ndarray | None,
-        disagreement: np.ndarray | None,
-    ) -> None:
-        self.store.write(row0, col0, mask, probs, disagreement)
-
-    def _stop_writes(self) -> None:
-        self.store.close()
-
     def _finalize(self) -> None:
         attrs = self.store.mark_complete()
         plan = [(self._mask_layer(attrs), self.path)]

@@ -226,19 +226,6 @@ class ZarrOutput(Output):
             self.store.root, self.meta, meta_to_attrs(self.meta, kind=self.kind)
         )
 
-    def _write(
-        self,
-        row0: int,
-        col0: int,
-        mask: np.ndarray,
-        probs: np.ndarray | None,
-        disagreement: np.ndarray | None,
-    ) -> None:
-        self.store.write(row0, col0, mask, probs, disagreement)
-
-    def _stop_writes(self) -> None:
-        self.store.close()
-
     def _finalize(self) -> None:
         self.store.mark_complete()
         atomic.publish(self.store.root, self.path, overwrite=self.overwrite)
