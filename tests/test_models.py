@@ -103,3 +103,10 @@ def test_truncated_and_mismatched_weights_are_named(tmp_path):
     with pytest.raises(ModelError, match=r"missing: head\.bias, head\.weight.*unexpected: "
                                          r"extra\.weight"):
         load_weights(create_model("unet-tiny", 3, 2), bad)
+
+
+def test_catalogue_radius_of_deeplab_matches_its_arithmetic():
+    from tilesegment.models.catalog import DEEPLAB_RADIUS
+    from tilesegment.models.deeplab import deeplab_receptive_radius
+
+    assert deeplab_receptive_radius() == DEEPLAB_RADIUS

@@ -34,6 +34,8 @@ class BlockJob:
     output: Any = None
     mask_nodata: int = 255
     mask_dtype: str = "uint8"
+    crf: Any = None          # CRFParams: refine each block with a dense CRF
+    crf_range: Any = None    # the raster's value range mapped to 8-bit for the CRF
 
 
 @dataclass
@@ -47,6 +49,33 @@ class BlockResult:
 
 
 def segment_block(job: BlockJob, window: Window) -> BlockResult:
+    """The block's result: stitched tiles, refined by the dense CRF when the job asks."""
+    if job.crf is None:
+        return stitch_block(job, window)
+    return crf_refined_block(job, window)
+
+
+def crf_refined_block(job: BlockJob, window: Window) -> BlockResult:
+    """Stitch the block plus the CRF's halo (real pixels only, cut at the raster edge), run
+    the dense CRF there and keep the block. Logits become ``log q`` of the refined
+    probabilities, so argmax and softmax downstream mean what they meant before."""
+    from tilesegment.models.crf import crf_block, crf_halo
+
+    h, w = job.raster.height, job.raster.width
+    reach = crf_halo(job.crf)
+    r0, r1, c0, c1 = window
+    wide = (max(0, r0 - reach), min(h, r1 + reach), max(0, c0 - reach), min(w, c1 + reach))
+    big = stitch_block(job, wide)
+    image = job.raster.read(wide)
+    margins = (r0 - wide[0], wide[1] - r1, c0 - wide[2], wide[3] - c1)
+    q = crf_block(softmax(big.logits), image, margins, job.crf, origin=(wide[0], wide[2]),
+                  image_range=job.crf_range)
+    keep = (slice(margins[0], margins[0] + r1 - r0), slice(margins[2], margins[2] + c1 - c0))
+    disagreement = None if big.disagreement is None else big.disagreement[keep]
+    return BlockResult(np.log(np.maximum(q, 1e-30)), big.valid[keep], big.tiles, disagreement)
+
+
+def stitch_block(job: BlockJob, window: Window) -> BlockResult:
     """Run every tile whose used output touches ``window`` and stitch them into it."""
     from tilesegment.stitch import BlockStitcher
 

@@ -6,6 +6,7 @@ the model name and its legal tile sizes, the halo, the output path.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ def segment(
     normalization: str | tuple | None = None,
     save_probabilities: bool = False,
     save_disagreement: bool = False,
+    crf: Any = None,
     returns: str = "mask",
     overwrite: bool = False,
     cog: bool = False,
@@ -85,6 +87,8 @@ def segment(
     ``normalization``: ``"spec"`` (the model's), ``"raster"``, ``"none"`` or ``(mean, std)``.
     ``save_disagreement`` (``blend="gaussian"`` only): also write where overlapping tiles'
     own classes disagree, a seam diagnostic that ``evaluate`` reports.
+    ``crf``: a :class:`~tilesegment.models.crf.CRFParams` (or ``True`` for the defaults)
+    to refine each block with a fully connected CRF over the block plus the CRF's halo.
 
     With ``output=None`` returns the stitched result as a numpy array: ``returns="mask"``
     gives class ids ``(H, W)`` uint8/uint16 (nodata = 255/65535), ``"probabilities"`` or
@@ -129,12 +133,14 @@ def segment(
                 class_colors=mspec.class_colors, georef=raster.georef, block_shape=block,
                 save_probabilities=save_probabilities, save_disagreement=save_disagreement,
                 provenance=_provenance(raster, mspec, model, weights, tspec, block,
-                                       normalization, seed))
+                                       normalization, seed, crf))
             target = create_output(output, meta, overwrite=overwrite, cog=cog)
         mean, std = _normalization(normalization, mspec, raster)
+        crf_params, crf_range = _crf_settings(crf, raster)
         job = BlockJob(raster=raster, spec=tspec, recipe=recipe, mean=mean, std=std,
                        pad_value=pad_value, output=target,
-                       mask_nodata=int(np.iinfo(mask_dtype).max), mask_dtype=mask_dtype.str)
+                       mask_nodata=int(np.iinfo(mask_dtype).max), mask_dtype=mask_dtype.str,
+                       crf=crf_params, crf_range=crf_range)
         windows = list(iter_blocks(shape, block))
         if target is None:
             return _to_array(job, windows, shape, k, returns, mask_dtype, scheduler,
@@ -240,7 +246,25 @@ def _to_array(job, windows, shape, k, returns, mask_dtype, scheduler, n_workers,
     return out
 
 
-def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed) -> dict:
+def _crf_settings(crf: Any, raster) -> tuple[Any, Any]:
+    """CRF parameters and the raster's value range for its appearance kernel: the dtype's
+    range for 8-bit rasters, else mean ± 3σ per band of the whole raster (never per block,
+    so neighbouring blocks see the same colours)."""
+    if crf is None or crf is False:
+        return None, None
+    from tilesegment.models.crf import CRFParams
+
+    params = CRFParams() if crf is True else crf
+    if np.dtype(raster.dtype) == np.uint8:
+        return params, None
+    stats = raster_statistics(raster)
+    lo = stats.mean - 3 * stats.std
+    hi = np.maximum(stats.mean + 3 * stats.std, lo + 1e-9)
+    return params, (tuple(map(float, lo)), tuple(map(float, hi)))
+
+
+def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed,
+                crf=None) -> dict:
     from tilesegment import __version__
 
     prov = {
@@ -254,6 +278,8 @@ def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed
         "pad_mode": tspec.pad_mode, "blend": tspec.blend, "block": list(block),
         "normalization": normalization if isinstance(normalization, str | None)
         else [list(map(float, v)) for v in normalization],
+        "crf": None if crf is None or crf is False else (
+            {} if crf is True else dataclasses.asdict(crf)),
         "input": {"path": _absolute(raster.source), "shape": list(raster.shape),
                   "dtype": str(np.dtype(raster.dtype)), "level": raster.level},
     }

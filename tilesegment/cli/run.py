@@ -82,6 +82,22 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
               help="Seed of random weights (only without --weights).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: on when stderr is a terminal).")
+@click.option("--crf", is_flag=True, help="Refine each block with a fully connected CRF "
+              "(Krähenbühl & Koltun 2011, as DeepLab v1) over the block plus its halo.")
+@click.option("--crf-preset", type=click.Choice(["krahenbuhl", "deeplab"]),
+              default="krahenbuhl", show_default=True,
+              help="CRF kernel parameters: Krähenbühl's (w1 10, θα 80, θβ 13, w2 3, θγ 3) or "
+                   "DeepLab-LargeFOV's (4, 121, 5, 3, 3).")
+@click.option("--crf-iterations", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Mean-field iterations.")
+@click.option("--crf-w1", type=click.FloatRange(min=0), help="Appearance kernel weight.")
+@click.option("--crf-theta-alpha", type=click.FloatRange(min=0, min_open=True),
+              help="Appearance kernel position scale θα (px).")
+@click.option("--crf-theta-beta", type=click.FloatRange(min=0, min_open=True),
+              help="Appearance kernel colour scale θβ (8-bit units).")
+@click.option("--crf-w2", type=click.FloatRange(min=0), help="Smoothness kernel weight.")
+@click.option("--crf-theta-gamma", type=click.FloatRange(min=0, min_open=True),
+              help="Smoothness kernel position scale θγ (px).")
 @click.option("--truth", type=click.Path(exists=True),
               help="Truth mask: evaluate the written mask against it (see `evaluate`).")
 @truth_options
@@ -91,13 +107,22 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
         mpp: float | None, normalization: str, save_probabilities: bool,
         save_disagreement: bool, cog: bool,
         overwrite: bool, scheduler: str, local_cluster: int | None, workers: int | None,
-        seed: int, progress: bool | None, truth: str | None, **truth_settings) -> None:
+        seed: int, progress: bool | None, crf: bool, crf_preset: str, crf_iterations: int,
+        crf_w1: float | None, crf_theta_alpha: float | None, crf_theta_beta: float | None,
+        crf_w2: float | None, crf_theta_gamma: float | None, truth: str | None,
+        **truth_settings) -> None:
     """Segment SOURCE (GeoTIFF, slide TIFF/SVS/OME-TIFF, or Zarr) into OUTPUT."""
     if level is not None and mpp is not None:
         raise click.UsageError("--level and --mpp are mutually exclusive")
     if cog and not output.lower().endswith((".tif", ".tiff")):
         raise click.UsageError("--cog needs a .tif output")
     from tilesegment.pipeline import segment
+
+    crf_params = None
+    if crf:
+        crf_params = _crf_params(crf_preset, crf_iterations, w1=crf_w1,
+                                 theta_alpha=crf_theta_alpha, theta_beta=crf_theta_beta,
+                                 w2=crf_w2, theta_gamma=crf_theta_gamma)
 
     # A polite kill (SIGTERM) unwinds like Ctrl-C, so the partial output is removed.
     signal.signal(signal.SIGTERM, _terminate)
@@ -112,7 +137,7 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
             halo=halo, pad_mode=pad_mode, pad_value=pad_value, blend=blend,
             batch_size=batch_size, block_size=block_size, device=device, level=level,
             mpp=mpp, normalization=normalization, save_probabilities=save_probabilities,
-            save_disagreement=save_disagreement,
+            save_disagreement=save_disagreement, crf=crf_params,
             cog=cog, overwrite=overwrite, scheduler=scheduler, workers=workers, seed=seed,
             progress=sys.stderr.isatty() if progress is None else progress)
     finally:
@@ -122,6 +147,16 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
     _report(summary)
     if truth is not None:
         report_and_print(str(summary.output), truth, classes=classes, **truth_settings)
+
+
+def _crf_params(preset: str, iterations: int, **overrides):
+    import dataclasses
+
+    from tilesegment.models.crf import CRFParams
+
+    base = CRFParams.deeplab(iterations) if preset == "deeplab" else CRFParams.krahenbuhl(
+        iterations)
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _terminate(signum, frame) -> None:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tilesegment.errors import ModelError
-from tilesegment.grid import TileRule
-from tilesegment.models.spec import ModelSpec, Normalization
+from tilesegment.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,24 +37,35 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_BUILTINS_LOADED = False
+
+
+def _registry() -> dict[str, ModelEntry]:
+    """The registry, with the built-in catalogue loaded on first use."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        import tilesegment.models.catalog  # noqa: F401  (registers the built-in models)
+    return _REGISTRY
 
 
 def register_model(entry: ModelEntry) -> ModelEntry:
     """Add ``entry`` to the registry (a name may be registered once)."""
-    if entry.name in _REGISTRY:
+    registry = _registry()
+    if entry.name in registry:
         raise ModelError(f"model {entry.name!r} is already registered")
-    _REGISTRY[entry.name] = entry
+    registry[entry.name] = entry
     return entry
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching the shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in _registry() if fnmatch.fnmatch(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
     try:
-        return _REGISTRY[name]
+        return _registry()[name]
     except KeyError:
         raise ModelError(
             f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
@@ -81,64 +91,6 @@ def create_model(
         torch.manual_seed(seed)
         module = entry.build(in_channels, num_classes or entry.default_classes, **options)
     return module.eval()
-
-
-# --- the built-in models -------------------------------------------------------------------
-
-
-def _unet_entry(name: str, summary: str, depth: int, width: int, padding: str,
-                default_tile: int) -> ModelEntry:
-    from tilesegment.models.unet_geometry import unet_receptive_radius
-
-    def spec(c: int, k: int) -> ModelSpec:
-        rule = (TileRule(multiple=2**depth, minimum=2**depth) if padding == "same"
-                else TileRule(valid_depth=depth, convs_per_level=2))
-        return ModelSpec(name=name, in_channels=c, num_classes=k, tile_rule=rule,
-                         receptive_radius=unet_receptive_radius(depth),
-                         default_tile=default_tile, normalization=Normalization("raster"))
-
-    def build(c: int, k: int) -> nn.Module:
-        from tilesegment.models.unet import UNet
-
-        return UNet(c, k, depth=depth, width=width, padding=padding)
-
-    return ModelEntry(name, summary, spec, build,
-                      kwargs={"depth": depth, "width": width, "padding": padding})
-
-
-def _identity_entry() -> ModelEntry:
-    def spec(c: int, k: int) -> ModelSpec:
-        k = k or c
-        if k != c:
-            raise ModelError(f"model 'identity' returns its {c} input bands as logits; "
-                             f"it cannot give {k} classes")
-        return ModelSpec(name="identity", in_channels=c, num_classes=c,
-                         tile_rule=TileRule(), receptive_radius=0, default_tile=512,
-                         normalization=Normalization("none"))
-
-    def build(c: int, k: int) -> nn.Module:
-        from torch import nn
-
-        return nn.Identity()
-
-    return ModelEntry("identity", "diagnostic: returns the input bands as logits "
-                      "(pipeline-only tests and benchmarks)", spec, build, default_classes=0,
-                      trainable=False)
-
-
-for _entry in (
-    _identity_entry(),
-    _unet_entry("unet-tiny", "same-padded U-Net, depth 3, 8 channels (fast on a CPU)",
-                3, 8, "same", 512),
-    _unet_entry("unet-small", "same-padded U-Net, depth 4, 16 channels", 4, 16, "same", 512),
-    _unet_entry("unet", "same-padded U-Net, depth 4, 64 channels (the paper's widths)",
-                4, 64, "same", 512),
-    _unet_entry("unet-valid-tiny", "valid-convolution U-Net, depth 3, 8 channels",
-                3, 8, "valid", 540),
-    _unet_entry("unet-valid", "the paper's U-Net: unpadded convolutions, depth 4, "
-                "64 channels, 572→388", 4, 64, "valid", 572),
-):
-    register_model(_entry)
 
 
 def describe_models(pattern: str = "*", in_channels: int = 3) -> list[dict[str, Any]]:
