@@ -110,3 +110,11 @@ def test_catalogue_radius_of_deeplab_matches_its_arithmetic():
     from tilesegment.models.deeplab import deeplab_receptive_radius
 
     assert deeplab_receptive_radius() == DEEPLAB_RADIUS
+
+
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+def test_catalogue_radius_of_fcn_matches_its_arithmetic(variant):
+    from tilesegment.models.catalog import FCN_RADIUS
+    from tilesegment.models.fcn import receptive_radius
+
+    assert receptive_radius(variant) == FCN_RADIUS[variant]

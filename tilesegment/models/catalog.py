@@ -86,6 +86,30 @@ def _deeplab_entry() -> ModelEntry:
                       default_classes=21)
 
 
+FCN_RADIUS = {"32s": 233, "16s": 241, "8s": 245}
+"""FCN receptive radii over all 32 pooling phases (analytic; the tests probe them)."""
+
+
+def _fcn_entry(variant: str) -> ModelEntry:
+    name = f"fcn{variant}"
+
+    def spec(c: int, k: int) -> ModelSpec:
+        return ModelSpec(name=name, in_channels=c, num_classes=k,
+                         tile_rule=TileRule(multiple=32, minimum=32),
+                         receptive_radius=FCN_RADIUS[variant], default_tile=1024,
+                         normalization=imagenet_or_raster(c))
+
+    def build(c: int, k: int, backbone_weights: str | None = None) -> nn.Module:
+        from tilesegment.models.fcn import build_fcn
+
+        return build_fcn(variant, c, k, backbone_weights=backbone_weights)
+
+    skips = {"32s": "no skips", "16s": "skip from pool4", "8s": "skips from pool4 and pool3"}
+    return ModelEntry(name, f"FCN-{variant} (Long et al. 2015) on VGG16, {skips[variant]}; "
+                      "fc6/fc7 as convolutions, bilinear-initialised upsampling", spec, build,
+                      default_classes=21)
+
+
 for _entry in (
     _identity_entry(),
     _unet_entry("unet-tiny", "same-padded U-Net, depth 3, 8 channels (fast on a CPU)",
@@ -98,6 +122,9 @@ for _entry in (
     _unet_entry("unet-valid", "the paper's U-Net: unpadded convolutions, depth 4, "
                 "64 channels, 572→388", 4, 64, "valid", 572),
     _deeplab_entry(),
+    _fcn_entry("32s"),
+    _fcn_entry("16s"),
+    _fcn_entry("8s"),
 ):
     register_model(_entry)
 
