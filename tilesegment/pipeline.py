@@ -19,7 +19,7 @@ from tilesegment.block import BlockJob, block_array, write_block
 from tilesegment.errors import GeometryError, ModelError, RandomWeightsWarning, SeamWarning
 from tilesegment.execute import compute
 from tilesegment.grid import TileSpec, default_block, iter_blocks
-from tilesegment.models.registry import get_entry, get_spec
+from tilesegment.models.registry import get_entry
 from tilesegment.models.spec import ModelSpec, Normalization
 from tilesegment.normalize import raster_statistics
 from tilesegment.read import open_raster
@@ -100,8 +100,13 @@ def segment(
         raise ValueError(f"returns must be one of {RETURNS}")
     raster = open_raster(source, level=level, mpp=mpp)
     shape = (raster.height, raster.width)
-    mspec, module = _model_spec(model, raster.bands, classes, tile)
-    tspec = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=module is None)
+    from tilesegment.models.custom import resolve_model
+
+    resolved = resolve_model(model, raster.bands, classes, tile=tile, weights=weights)
+    mspec, module = resolved.spec, resolved.module
+    if halo is None and tile is None and resolved.halo is not None:
+        halo = resolved.halo  # a checkpoint card's default, meant for its default tile
+    tspec = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=not resolved.probed)
     if block_size is not None and block_size < 1:
         raise GeometryError(f"block size must be positive, got {block_size}")
     if save_disagreement and blend != "gaussian":
@@ -113,9 +118,13 @@ def segment(
     mask_dtype = np.dtype(np.uint8 if k <= 255 else np.uint16)
     local = scheduler is None or scheduler in ("threads", "synchronous")
     n_workers = workers or available_cores()
+    # A module from a file or function travels to cluster workers as its source (a
+    # TorchScript module cannot be pickled); a local run uses the one loaded here.
+    ship = resolved.source is not None and not local
     recipe = ModelRecipe(
         in_channels=raster.bands, num_classes=k, out_side=tspec.out_side,
-        name=None if module is not None else mspec.name, module=module,
+        name=None if module is not None else mspec.name,
+        module=None if ship else module, source=resolved.source if ship else None,
         weights=str(weights) if weights else None, seed=seed, device=device,
         batch_size=batch_size, channels_last=channels_last, torch_threads=1)
     if module is None and weights is None and get_entry(mspec.name).trainable:
@@ -132,7 +141,7 @@ def segment(
                 shape=shape, num_classes=k, class_names=mspec.class_names,
                 class_colors=mspec.class_colors, georef=raster.georef, block_shape=block,
                 save_probabilities=save_probabilities, save_disagreement=save_disagreement,
-                provenance=_provenance(raster, mspec, model, weights, tspec, block,
+                provenance=_provenance(raster, mspec, resolved, weights, tspec, block,
                                        normalization, seed, crf))
             target = create_output(output, meta, overwrite=overwrite, cog=cog)
         mean, std = _normalization(normalization, mspec, raster)
@@ -191,16 +200,6 @@ def _seamless_advice(mspec: ModelSpec, tile: int) -> str:
         return f"seamless: --halo {mspec.default_halo(tile)}"
     except GeometryError:
         return f"no halo makes tile {tile} seamless for this model: use a larger --tile"
-
-
-def _model_spec(model: Any, bands: int, classes: int | None,
-                tile: int | None) -> tuple[ModelSpec, Any]:
-    """The spec for a registered name, or one probed from a user's module."""
-    if isinstance(model, str):
-        return get_spec(model, bands, classes), None
-    from tilesegment.models.custom import spec_for_module
-
-    return spec_for_module(model, bands, tile), model
 
 
 def _normalization(choice: Any, mspec: ModelSpec, raster) -> tuple[Any, Any]:
@@ -263,7 +262,7 @@ def _crf_settings(crf: Any, raster) -> tuple[Any, Any]:
     return params, (tuple(map(float, lo)), tuple(map(float, hi)))
 
 
-def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed,
+def _provenance(raster, mspec, resolved, weights, tspec, block, normalization, seed,
                 crf=None) -> dict:
     from tilesegment import __version__
 
@@ -272,7 +271,9 @@ def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed
         "model": mspec.name,
         "weights": str(weights) if weights else None,
         "weights_sha256": None,
-        "random_weights": weights is None and isinstance(model, str),
+        "random_weights": weights is None and resolved.kind == "registered",
+        "model_kind": resolved.kind,
+        "model_source": resolved.source,
         "seed": seed,
         "tile": tspec.tile, "halo": tspec.halo, "shrink": tspec.shrink,
         "pad_mode": tspec.pad_mode, "blend": tspec.blend, "block": list(block),
@@ -287,6 +288,9 @@ def _provenance(raster, mspec, model, weights, tspec, block, normalization, seed
         from tilesegment.models.weights import file_sha256
 
         prov["weights_sha256"] = file_sha256(weights)
+    if resolved.card is not None:  # a checkpoint: its tensors' hash and training record
+        prov["weights_sha256"] = resolved.card.sha256
+        prov["training"] = resolved.card.training
     return prov
 
 

@@ -27,8 +27,10 @@ builds = 0
 class ModelRecipe:
     """How to build the model in any process.
 
-    Either ``name`` (a registered model, with ``weights`` or seeded random weights) or
-    ``module`` (a ready ``torch.nn.Module``, shipped once per worker as a graph dependency).
+    Either ``name`` (a registered model, with ``weights`` or seeded random weights),
+    ``module`` (a ready ``torch.nn.Module``, shipped once per worker as a graph dependency)
+    or ``source`` (a checkpoint, TorchScript file or ``package.module:function`` that each
+    process loads itself with ``models.custom.load_model``).
     """
 
     in_channels: int
@@ -37,6 +39,7 @@ class ModelRecipe:
     name: str | None = None
     module: Any = None
     weights: str | None = None
+    source: str | None = None
     seed: int = 0
     device: str = "auto"
     batch_size: int = 8
@@ -68,7 +71,7 @@ def validate_recipe(recipe: ModelRecipe, local: bool) -> None:
         return
     from tilesegment.infer import resolve_device
 
-    if recipe.module is None:
+    if recipe.module is None and recipe.source is None:
         _module(recipe)
     if not recipe.device.startswith("cuda"):
         resolve_device(recipe.device)
@@ -90,7 +93,13 @@ def _build(recipe: ModelRecipe):
 
 
 def _module(recipe: ModelRecipe):
-    """The registered model of ``recipe`` with its weights (seeded random without)."""
+    """The registered model of ``recipe`` with its weights (seeded random without), or the
+    model its ``source`` names."""
+    if recipe.source is not None:
+        from tilesegment.models.custom import load_model
+
+        return load_model(recipe.source, recipe.in_channels, recipe.num_classes,
+                          weights=recipe.weights, seed=recipe.seed)
     from tilesegment.models.registry import create_model
     from tilesegment.models.weights import load_weights
 

@@ -35,7 +35,9 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
               expose_value=False, callback=load_recipe,
               help="TOML recipe (see pipelines/) with these settings; flags override it.")
 @click.option("-m", "--model", default="unet-tiny", show_default=True,
-              help="Registered model name (see `tilesegment models`).")
+              help="Registered model name (see `tilesegment models`), a checkpoint "
+              "(NAME.safetensors with its NAME.json card), a TorchScript file, or "
+              "package.module:function returning a torch.nn.Module.")
 @click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False),
               help="Weights file (.safetensors, or .pt read with weights_only). "
                    "Without it the model has RANDOM weights.")

@@ -129,3 +129,13 @@ for _entry in (
     register_model(_entry)
 
 
+def _torchvision_entries() -> None:
+    from tilesegment.models.tv import tv_entries  # torch-free: specs and lazy builders
+
+    for entry in tv_entries():
+        register_model(entry)
+
+
+_torchvision_entries()
+
+

@@ -59,16 +59,27 @@ def register_model(entry: ModelEntry) -> ModelEntry:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching the shell-style ``pattern``, sorted."""
+    """Registered names matching the shell-style ``pattern``, sorted (plugins included)."""
+    _load_plugins()
     return sorted(n for n in _registry() if fnmatch.fnmatch(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
+    if name not in _registry():  # a plugin's model in a process that has not loaded them
+        _load_plugins()
     try:
         return _registry()[name]
     except KeyError:
         raise ModelError(
             f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def _load_plugins() -> None:
+    """Register the models of plugin packages (entry points ``tilesegment.models``), once
+    per process; a broken plugin is a warning here (resolving its name is an error)."""
+    from tilesegment.models.plugins import load_plugins
+
+    load_plugins(strict=False)
 
 
 def get_spec(name: str, in_channels: int, num_classes: int | None = None) -> ModelSpec:

@@ -2,14 +2,22 @@
 
 ``.safetensors`` is the format to use. A ``.pt``/``.pth`` file is read with
 ``torch.load(weights_only=True)`` passed explicitly, so a pickle that would run code is
-refused. Missing or unexpected tensors are named in the error.
+refused (also under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which only overrides call sites
+that leave ``weights_only`` unset). Missing, unexpected and wrongly shaped tensors are named
+in the error, and so are the tensors a truncated safetensors file has lost.
+
+A module may define ``adapt_state_dict(state, source) -> state`` to accept foreign layouts
+(the torchvision wrapper does: see :mod:`tilesegment.models.tv`); the strict check follows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -39,7 +47,8 @@ def read_state_dict(path: str | Path) -> dict:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+            why = safetensors_damage(path) or str(exc)
+            raise ModelError(f"{path}: not a readable safetensors file ({why})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's pickle-protocol notice
@@ -56,11 +65,29 @@ def read_state_dict(path: str | Path) -> dict:
 
 def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
     """Load ``path`` into ``module`` strictly; the error names missing/unexpected tensors."""
-    state = read_state_dict(path)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    return load_state(module, read_state_dict(path), str(path))
+
+
+def load_state(module: nn.Module, state: Mapping[str, Any], source: str) -> nn.Module:
+    """Load tensors ``state`` (read from ``source``) into ``module`` strictly, after the
+    module's ``adapt_state_dict`` hook if it has one; returns the module in eval mode."""
+    adapt = getattr(module, "adapt_state_dict", None)
+    if callable(adapt):
+        state = adapt(state, source)
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    check_state_fits(own, state, source)
+    module.load_state_dict(dict(state), strict=True)
+    return module.eval()
+
+
+def check_state_fits(expected: Mapping[str, Iterable[int]], state: Mapping[str, Any],
+                     source: str) -> None:
+    """Raise a ``ModelError`` naming the missing, unexpected and wrongly shaped tensors of
+    ``state`` against ``expected`` (name → shape)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state)
+                   if tuple(expected[k]) != tuple(state[k].shape))
     if missing or unexpected or wrong:
         parts = []
         for label, names in (("missing", missing), ("unexpected", unexpected),
@@ -68,9 +95,50 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
             if names:
                 more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
                 parts.append(f"{label}: {', '.join(names[:5])}{more}")
-        raise ModelError(f"{path}: does not fit the model; " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
-    return module.eval()
+        raise ModelError(f"{source}: does not fit the model; " + "; ".join(parts))
+
+
+def safetensors_header(path: str | Path) -> tuple[dict[str, str], dict[str, dict]]:
+    """``(metadata, tensors)`` from a safetensors file's JSON header, reading no tensor data.
+
+    ``tensors`` maps names to ``{"dtype", "shape", "data_offsets"}``; offsets count from the
+    end of the header.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than a safetensors header")
+            size = int.from_bytes(head, "little")
+            if size > path.stat().st_size - 8:
+                raise ValueError(f"its header claims {size} bytes; the file is cut short")
+            header = json.loads(f.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+    metadata = header.pop("__metadata__", None) or {}
+    return metadata, header
+
+
+def safetensors_damage(path: str | Path) -> str | None:
+    """Why a safetensors file is truncated, naming the tensors cut off; ``None`` if its
+    header fits the file (the damage, if any, is elsewhere)."""
+    path = Path(path)
+    try:
+        _, tensors = safetensors_header(path)
+    except ModelError as exc:
+        return str(exc).split("(", 1)[-1].rstrip(")")
+    with open(path, "rb") as f:
+        start = 8 + int.from_bytes(f.read(8), "little")
+    size = path.stat().st_size
+    cut = sorted(name for name, meta in tensors.items()
+                 if start + int(meta.get("data_offsets", (0, 0))[1]) > size)
+    if not cut:
+        return None
+    more = f" (+{len(cut) - 5} more)" if len(cut) > 5 else ""
+    return (f"truncated at {size} bytes; tensors cut off: {', '.join(cut[:5])}{more}")
 
 
 def _torch_reason(exc: Exception) -> str:
@@ -79,4 +147,10 @@ def _torch_reason(exc: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
         return "it is a pickle that only an unsafe load would run: " + " ".join(detail.split())
+    if text.startswith("Weights only load failed"):
+        body = text.split("Check the documentation")[0]
+        parts = [p for p in body.split("\n\n") if p.strip()]
+        detail = parts[-1] if len(parts) > 1 else ""
+        return ("it is a pickle that only an unsafe load would run"
+                + (f": {' '.join(detail.split())}" if detail else ""))
     return " ".join(text.split())[:200] or type(exc).__name__
