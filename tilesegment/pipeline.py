@@ -55,6 +55,7 @@ def segment(
     *,
     model: Any = "unet-tiny",
     weights: str | Path | None = None,
+    backbone_weights: str | Path | None = None,
     classes: int | None = None,
     tile: int | None = None,
     halo: int | None = None,
@@ -85,6 +86,8 @@ def segment(
     numpy or dask array, or an opened raster. ``model``: a registered name or any
     ``torch.nn.Module`` obeying the contract ``float32[N, C, T, T] → float32[N, K, T', T']``.
     ``normalization``: ``"spec"`` (the model's), ``"raster"``, ``"none"`` or ``(mean, std)``.
+    ``backbone_weights``: a local torchvision VGG16 state-dict file that initialises the
+    backbone of the VGG-based models (FCN, DeepLab) before any ``weights`` are loaded.
     ``save_disagreement`` (``blend="gaussian"`` only): also write where overlapping tiles'
     own classes disagree, a seam diagnostic that ``evaluate`` reports.
     ``crf``: a :class:`~tilesegment.models.crf.CRFParams` (or ``True`` for the defaults)
@@ -126,9 +129,11 @@ def segment(
         name=None if module is not None else mspec.name,
         module=None if ship else module, source=resolved.source if ship else None,
         weights=str(weights) if weights else None, seed=seed, device=device,
+        backbone_weights=str(backbone_weights) if backbone_weights else None,
         batch_size=batch_size, channels_last=channels_last, torch_threads=1)
     if module is None and weights is None and get_entry(mspec.name).trainable:
-        warnings.warn(random_weights_message(mspec.name), RandomWeightsWarning, stacklevel=2)
+        warnings.warn(random_weights_message(mspec.name, backbone_only=bool(backbone_weights)),
+                      RandomWeightsWarning, stacklevel=2)
 
     target = None
     try:
@@ -142,7 +147,7 @@ def segment(
                 class_colors=mspec.class_colors, georef=raster.georef, block_shape=block,
                 save_probabilities=save_probabilities, save_disagreement=save_disagreement,
                 provenance=_provenance(raster, mspec, resolved, weights, tspec, block,
-                                       normalization, seed, crf))
+                                       normalization, seed, crf, backbone_weights))
             target = create_output(output, meta, overwrite=overwrite, cog=cog)
         mean, std = _normalization(normalization, mspec, raster)
         crf_params, crf_range = _crf_settings(crf, raster)
@@ -178,6 +183,11 @@ def _tile_spec(mspec: ModelSpec, tile: int | None, halo: int | None, pad_mode: s
     """The tile geometry, checked against the model before any pixel is read."""
     tile = tile or mspec.default_tile
     shrink = mspec.check_tile(tile)
+    if mspec.global_context and check_seams:
+        warnings.warn(f"model {mspec.name!r} pools over its whole input tile: tiled output "
+                      "cannot equal whole-image output whatever the halo (seams stay possible)",
+                      SeamWarning, stacklevel=3)
+        check_seams = False
     if halo is None:
         halo = mspec.default_halo(tile)
     elif halo < shrink:
@@ -263,7 +273,7 @@ def _crf_settings(crf: Any, raster) -> tuple[Any, Any]:
 
 
 def _provenance(raster, mspec, resolved, weights, tspec, block, normalization, seed,
-                crf=None) -> dict:
+                crf=None, backbone_weights=None) -> dict:
     from tilesegment import __version__
 
     prov = {
@@ -271,6 +281,7 @@ def _provenance(raster, mspec, resolved, weights, tspec, block, normalization, s
         "model": mspec.name,
         "weights": str(weights) if weights else None,
         "weights_sha256": None,
+        "backbone_weights": str(backbone_weights) if backbone_weights else None,
         "random_weights": weights is None and resolved.kind == "registered",
         "model_kind": resolved.kind,
         "model_source": resolved.source,

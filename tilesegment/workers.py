@@ -40,6 +40,7 @@ class ModelRecipe:
     module: Any = None
     weights: str | None = None
     source: str | None = None
+    backbone_weights: str | None = None
     seed: int = 0
     device: str = "auto"
     batch_size: int = 8
@@ -103,13 +104,18 @@ def _module(recipe: ModelRecipe):
     from tilesegment.models.registry import create_model
     from tilesegment.models.weights import load_weights
 
-    module = create_model(recipe.name, recipe.in_channels, recipe.num_classes, recipe.seed)
+    options = {"backbone_weights": recipe.backbone_weights} if recipe.backbone_weights else {}
+    module = create_model(recipe.name, recipe.in_channels, recipe.num_classes, recipe.seed,
+                          **options)
     if recipe.weights:
         load_weights(module, recipe.weights)
     return module
 
 
-def random_weights_message(name: str | None) -> str:
+def random_weights_message(name: str | None, backbone_only: bool = False) -> str:
+    if backbone_only:
+        return (f"model {name!r} has a pretrained backbone but RANDOM class-score layers "
+                "(no --weights given): its masks are meaningless until it is trained")
     return (f"model {name!r} has RANDOM weights (no --weights given): its masks are "
             "meaningless except for testing and benchmarks")
 

@@ -41,6 +41,9 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
 @click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False),
               help="Weights file (.safetensors, or .pt read with weights_only). "
                    "Without it the model has RANDOM weights.")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
+              help="Local torchvision VGG16 state-dict file for the backbone of fcn*/"
+                   "deeplab-largefov (fc6/fc7 included); the class scores stay random.")
 @click.option("--classes", type=click.IntRange(min=1), help="Number of classes K.")
 @click.option("--tile", type=click.IntRange(min=1), help="Tile side in px (model input). "
               "Default: the model's.")
@@ -103,7 +106,8 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
 @click.option("--truth", type=click.Path(exists=True),
               help="Truth mask: evaluate the written mask against it (see `evaluate`).")
 @truth_options
-def run(source: str, output: str, model: str, weights: str | None, classes: int | None,
+def run(source: str, output: str, model: str, weights: str | None,
+        backbone_weights: str | None, classes: int | None,
         tile: int | None, halo: int | None, pad_mode: str, pad_value: float, blend: str,
         batch_size: int, block_size: int | None, device: str, level: int | None,
         mpp: float | None, normalization: str, save_probabilities: bool,
@@ -135,7 +139,8 @@ def run(source: str, output: str, model: str, weights: str | None, classes: int 
         client = scheduler = start_local_cluster(local_cluster)
     try:
         summary = segment(
-            source, output, model=model, weights=weights, classes=classes, tile=tile,
+            source, output, model=model, weights=weights, backbone_weights=backbone_weights,
+            classes=classes, tile=tile,
             halo=halo, pad_mode=pad_mode, pad_value=pad_value, blend=blend,
             batch_size=batch_size, block_size=block_size, device=device, level=level,
             mpp=mpp, normalization=normalization, save_probabilities=save_probabilities,

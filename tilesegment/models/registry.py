@@ -95,9 +95,17 @@ def create_model(
     """Build model ``name`` with random weights drawn from ``seed`` (reproducible in every
     process), in eval mode; ``options`` go to the model's builder. Load trained weights
     with :func:`tilesegment.models.weights.load_weights`."""
+    import inspect
+
     import torch
 
     entry = get_entry(name)
+    accepted = inspect.signature(entry.build).parameters
+    for option in options:
+        if option not in accepted and not any(
+                p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            raise ModelError(f"model {name!r} takes no {option.replace('_', ' ')} "
+                             f"(it accepts: {', '.join(list(accepted)[2:]) or 'nothing'})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = entry.build(in_channels, num_classes or entry.default_classes, **options)

@@ -43,6 +43,7 @@ class ModelSpec:
     ``forward(float32[N, in_channels, T, T]) -> float32[N, num_classes, T - 2·shrink(T), ...]``
     for every legal ``T`` of ``tile_rule``. ``receptive_radius``: the halo at which tiled
     output equals whole-image output (for valid-convolution models the shrink covers it).
+    ``resolution``/``resolution_unit``: the pixel size the model was trained at (µm or m).
     """
 
     name: str
@@ -56,6 +57,9 @@ class ModelSpec:
     normalization: Normalization = field(default_factory=Normalization)
     resolution: float | None = None
     resolution_unit: str | None = None
+    global_context: bool = False
+    """The model pools over its whole input (e.g. ASPP image pooling): no halo makes tiled
+    output equal whole-image output; ``receptive_radius`` is then only a heuristic."""
 
     def __post_init__(self) -> None:
         k = self.num_classes

@@ -166,7 +166,8 @@ def tv_spec(name: str, in_channels: int, num_classes: int) -> ModelSpec:
         tile_rule=TileRule(multiple=stride, minimum=stride),
         receptive_radius=info.spec_radius, default_tile=info.default_tile,
         class_names=VOC_CLASSES if num_classes == len(VOC_CLASSES) else (),
-        normalization=info.normalization(in_channels))
+        normalization=info.normalization(in_channels),
+        global_context=info.receptive_radius is None)
 
 
 def tv_entries() -> list[ModelEntry]:
