@@ -21,6 +21,9 @@ from rasterio.windows import Window as RioWindow
 
 from tilesegment.read import validate
 from tilesegment.read.base import Georef, LevelInfo, Raster, Window, check_window
+from tilesegment.read.gdal_cache import cap_gdal_cache
+
+cap_gdal_cache()
 
 #: Short unit names for the linear units GDAL reports.
 UNIT_NAMES = {"metre": "m", "meter": "m", "foot": "ft", "US survey foot": "ftUS"}

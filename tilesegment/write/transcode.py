@@ -24,7 +24,10 @@ from rasterio.windows import Window
 
 from tilesegment.errors import OutputError
 from tilesegment.read.base import Georef
+from tilesegment.read.gdal_cache import cap_gdal_cache
 from tilesegment.write import atomic
+
+cap_gdal_cache()
 
 BIGTIFF_THRESHOLD = 3 * 2**30 + 2**29
 """Uncompressed bytes (3.5 GiB) above which a file may pass the classic TIFF's 4 GiB limit
