@@ -11,6 +11,24 @@ from tilesegment.evaluation.report import Report
 from tilesegment.read.base import Raster
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def decimate(raster: Raster, max_side: int = 1024, band_rows: int = 1024) -> np.ndarray:
     """Nearest-neighbour thumbnail ``(C, h, w)`` with ``max(h, w) ≤ max_side``, read in
     strips of ``band_rows`` rows so memory stays bounded by a strip."""
@@ -32,10 +50,7 @@ def decimate(raster: Raster, max_side: int = 1024, band_rows: int = 1024) -> np.
 
 def confusion_heatmap(report: Report, path: str | Path) -> Path:
     """Row-normalised confusion matrix (recall per true class) with counts, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     cm = report.confusion.astype(np.float64)
     rows = cm.sum(axis=1, keepdims=True)
@@ -55,11 +70,7 @@ def confusion_heatmap(report: Report, path: str | Path) -> Path:
                 ax.text(j, i, f"{int(cm[i, j]):,}", ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def error_preview(prediction: Raster, truth: np.ndarray, path: str | Path,
@@ -68,10 +79,7 @@ def error_preview(prediction: Raster, truth: np.ndarray, path: str | Path,
     """Three panels at thumbnail scale: the image (if given), the predicted mask over it,
     and the errors (red: wrong class; grey: not counted). ``truth`` is the thumbnail of the
     truth already on the prediction's grid, ``(h, w)`` class ids."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     pred = decimate(prediction, max_side)[0]
     palette = np.array(list(colors) + [(0, 0, 0)] * 256, dtype=np.uint8)
@@ -96,19 +104,12 @@ def error_preview(prediction: Raster, truth: np.ndarray, path: str | Path,
         ax.imshow(img, interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def disagreement_map(disagreement: Raster, path: str | Path, max_side: int = 1024) -> Path:
     """Where overlapping tiles disagreed (red), downsampled by nearest neighbour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     d = decimate(disagreement, max_side)[0]
     rgb = np.full((*d.shape, 3), 255, np.uint8)
@@ -118,8 +119,4 @@ def disagreement_map(disagreement: Raster, path: str | Path, max_side: int = 102
     ax.imshow(rgb, interpolation="nearest")
     ax.set_title("pixels where overlapping tiles disagree (red)")
     ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -168,10 +168,6 @@ def expected_torchvision_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _shape(value: object) -> tuple[int, ...] | str:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
 def load_torchvision_vgg16(state_dict_path: str | Path) -> VGG16Weights:
     """Read a local torchvision VGG16 state-dict file (``vgg16-397923af.pth`` or a
     ``.safetensors`` copy; ``torch.load`` with ``weights_only=True``) and rename its tensors.
@@ -179,23 +175,11 @@ def load_torchvision_vgg16(state_dict_path: str | Path) -> VGG16Weights:
     Raises :class:`ModelError` naming missing, unexpected and wrongly shaped tensors (a
     ``vgg16_bn`` file, say, or a truncated one). Nothing is ever downloaded.
     """
-    from tilesegment.models.weights import read_state_dict
+    from tilesegment.models.weights import check_state_fits, read_state_dict
 
     state = read_state_dict(state_dict_path)
-    want = expected_torchvision_shapes()
-    missing = sorted(set(want) - set(state))
-    unexpected = sorted(set(state) - set(want))
-    wrong = sorted(f"{k} {_shape(state[k])} (expected {want[k]})" for k in set(want) & set(state)
-                   if _shape(state[k]) != want[k])
-    if missing or unexpected or wrong:
-        parts = []
-        for label, names in (("missing", missing), ("unexpected", unexpected),
-                             ("wrong shape", wrong)):
-            if names:
-                more = f" (+{len(names) - 6} more)" if len(names) > 6 else ""
-                parts.append(f"{label}: {', '.join(names[:6])}{more}")
-        raise ModelError(f"{state_dict_path}: not a torchvision VGG16 state dict; "
-                         + "; ".join(parts))
+    check_state_fits(expected_torchvision_shapes(), state, str(state_dict_path),
+                     problem="not a torchvision VGG16 state dict", show_shapes=True, limit=6)
     convs = {}
     for name, i in torchvision_feature_index().items():
         convs[f"{name}.weight"] = state[f"features.{i}.weight"].float()

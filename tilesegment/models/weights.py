@@ -80,22 +80,32 @@ def load_state(module: nn.Module, state: Mapping[str, Any], source: str) -> nn.M
     return module.eval()
 
 
+def _shape_of(value: Any) -> tuple[int, ...] | str:
+    """A tensor's shape, or the type name of a value that is no tensor."""
+    shape = getattr(value, "shape", None)
+    return tuple(shape) if shape is not None else type(value).__name__
+
+
 def check_state_fits(expected: Mapping[str, Iterable[int]], state: Mapping[str, Any],
-                     source: str) -> None:
-    """Raise a ``ModelError`` naming the missing, unexpected and wrongly shaped tensors of
-    ``state`` against ``expected`` (name → shape)."""
+                     source: str, problem: str = "does not fit the model",
+                     show_shapes: bool = False, limit: int = 5) -> None:
+    """Raise a ``ModelError`` (``"{source}: {problem}; missing: …"``) naming the missing,
+    unexpected and wrongly shaped tensors of ``state`` against ``expected`` (name → shape),
+    at most ``limit`` of each; ``show_shapes`` adds found and expected shapes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state)
-                   if tuple(expected[k]) != tuple(state[k].shape))
+    wrong = sorted(
+        f"{k} {_shape_of(state[k])} (expected {tuple(expected[k])})" if show_shapes else k
+        for k in set(expected) & set(state)
+        if tuple(expected[k]) != _shape_of(state[k]))
     if missing or unexpected or wrong:
         parts = []
         for label, names in (("missing", missing), ("unexpected", unexpected),
                              ("wrong shape", wrong)):
             if names:
-                more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
-                parts.append(f"{label}: {', '.join(names[:5])}{more}")
-        raise ModelError(f"{source}: does not fit the model; " + "; ".join(parts))
+                more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+                parts.append(f"{label}: {', '.join(names[:limit])}{more}")
+        raise ModelError(f"{source}: {problem}; " + "; ".join(parts))
 
 
 def safetensors_header(path: str | Path) -> tuple[dict[str, str], dict[str, dict]]:
