@@ -21,7 +21,7 @@ def _image() -> np.ndarray:
 def test_blockwise_crf_matches_whole_image_crf():
     image = _image()
     params = CRFParams(theta_alpha=20.0, iterations=5)  # halo 60: blocks of 50 need it
-    common = dict(model="unet-tiny", classes=3, tile=128, halo=52, normalization="raster")
+    common = dict(model="unet-tiny", classes=3, tile=128, halo=48, normalization="raster")
     plain = segment(image, returns="probabilities", **common)
     whole = dense_crf(plain, image, params)  # the independent reference: one CRF run
     blocks = segment(image, returns="probabilities", crf=params, block_size=50, **common)
@@ -40,7 +40,7 @@ def test_crf_without_halo_would_show_seams():
 
     image = _image()
     params = CRFParams(theta_alpha=20.0, iterations=5)
-    probs = segment(image, model="unet-tiny", classes=3, tile=128, halo=52,
+    probs = segment(image, model="unet-tiny", classes=3, tile=128, halo=48,
                     returns="probabilities")
     whole = dense_crf(probs, image, params)
     pieces = np.zeros_like(whole)

@@ -244,7 +244,7 @@ def test_blended_run_disagreement_is_reported(tmp_path):
     """The overlap section counts exactly the pixels of the independent disagreement map."""
     image = RNG.normal(size=(2, 90, 100)).astype(np.float32)
     truth = RNG.integers(0, 3, (90, 100)).astype(np.uint8)
-    common = dict(model="unet-tiny", classes=3, tile=64, halo=12, blend="gaussian")
+    common = dict(model="unet-tiny", classes=3, tile=64, halo=16, blend="gaussian")
     d = segment(image, returns="disagreement", **common)
     mask = segment(image, **common)
     summary = segment(image, tmp_path / "g.zarr", save_disagreement=True, **common)
@@ -257,4 +257,4 @@ def test_blended_run_disagreement_is_reported(tmp_path):
     assert (tmp_path / "fig" / "disagreement.png").is_file()
     with pytest.raises(Exception, match="needs --blend gaussian"):
         segment(image, tmp_path / "c.zarr", save_disagreement=True, model="unet-tiny",
-                classes=3, tile=64, halo=12)
+                classes=3, tile=64, halo=16)

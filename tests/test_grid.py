@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from tilesegment.errors import GeometryError
-from tilesegment.grid import TileRule, TileSpec, aligned_halo, iter_blocks, tiles_for_window
+from tilesegment.grid import (
+    TileRule,
+    TileSpec,
+    iter_blocks,
+    nearest_phase_halos,
+    phase_halo,
+    tiles_for_window,
+)
 
 
 @pytest.mark.parametrize("shape", [(97, 131), (1, 40), (40, 1), (5, 5)])
@@ -83,8 +90,23 @@ def test_halo_and_core_checks():
         TileSpec(tile=32, halo=16)
     with pytest.raises(GeometryError, match="pad mode"):
         TileSpec(tile=32, halo=4, pad_mode="wrap")
-    assert aligned_halo(572, 92, 16) == 94
-    assert (572 - 2 * aligned_halo(572, 92, 16)) % 16 == 0
+
+
+def test_phase_halos_put_tile_origins_on_the_pooling_grid():
+    # same-padded: halos are multiples of the stride, so tile origins i·core - halo are too
+    assert TileRule(multiple=8, minimum=8).halo_phase() == 0
+    assert phase_halo(51, 8) == 56 and phase_halo(48, 8) == 48 and phase_halo(0, 32) == 0
+    assert nearest_phase_halos(52, 8, 0) == [48, 56]
+    for tile in (256, 512, 1024):
+        halo = phase_halo(51, 8)
+        core = tile - 2 * halo
+        assert all((i * core - halo) % 8 == 0 for i in range(5))
+    # valid U-Net: every legal tile ≡ 12 (mod 16), so a core on the 16-grid needs a halo
+    # ≡ 6 (mod 8); the phase is the one the smallest such halo ≥ the shrink 92 has: 94
+    rule = TileRule(valid_depth=4)
+    assert rule.halo_phase() == 94 % 16
+    for tile in (572, 588, 700):
+        assert (tile - 2 * phase_halo(92, 16, rule.halo_phase())) % 16 == 0
 
 
 def test_all_windows_combinations_are_consistent():

@@ -9,7 +9,7 @@ import torch
 from tests.helpers import ConvStack, whole_image_logits
 from tilesegment import segment
 from tilesegment.errors import SeamWarning
-from tilesegment.grid import aligned_halo
+from tilesegment.grid import phase_halo
 from tilesegment.models import create_model, get_spec
 from tilesegment.models.probe import measure_receptive_radius
 
@@ -54,13 +54,13 @@ def test_same_padded_unet_is_seamless_at_its_radius():
     net = _scaled(create_model("unet-tiny", 2, 3, seed=3))
     tile = 192
     halo = spec.default_halo(tile)
-    assert halo >= spec.receptive_radius and (tile - 2 * halo) % 8 == 0
+    assert halo >= spec.receptive_radius and halo % 8 == 0 and (tile - 2 * halo) % 8 == 0
     whole = whole_image_logits(net, IMAGE, pad=halo, mode="reflect", multiple=8)
     tiled = segment(IMAGE, model=net, tile=tile, halo=halo, returns="logits", block_size=100)
     assert np.abs(whole).max() > 0.1
     assert np.abs(tiled - whole).max() <= 1e-5
 
-    short = aligned_halo(tile, 12, 8)
+    short = phase_halo(12, 8)
     tiled_short = segment(IMAGE, model=net, tile=tile, halo=short, returns="logits")
     assert np.abs(tiled_short - whole).max() > 1e-3
     # the registry model warns about such a halo before running
@@ -74,7 +74,7 @@ def test_valid_unet_is_seamless():
     tile = 188
     shrink = spec.check_tile(tile)
     halo = spec.default_halo(tile)
-    assert halo >= shrink and (tile - 2 * halo) % 8 == 0
+    assert halo >= shrink and (tile - 2 * halo) % 8 == 0 and halo % 8 == spec.tile_rule.halo_phase()
     # whole-image reference: one valid run over the raster padded by `halo` on each side,
     # extended to a legal size; the valid net loses `shrink`, so crop halo - shrink.
     h, w = IMAGE.shape[1:]

@@ -130,6 +130,39 @@ def to_mask(result: BlockResult, dtype: np.dtype, nodata: int) -> np.ndarray:
     return mask
 
 
+def agreeing_probabilities(probs: np.ndarray, mask: np.ndarray, valid: np.ndarray,
+                           dtype: np.dtype | type = np.float16) -> np.ndarray:
+    """``probs`` ``(K, h, w)`` cast to ``dtype`` so that their argmax equals ``mask`` on
+    every ``valid`` pixel.
+
+    Rounding (to float16 for storage, or float32's own in the softmax) can turn a class's
+    narrow lead into a tie, which argmax then gives to the lower id. Where that happens the
+    tied rivals are lowered to the next representable value below the mask class's
+    probability: one unit in the last place, well inside the storage precision.
+    """
+    out = probs.astype(dtype, copy=True)
+    if out.shape[0] < 2:
+        return out
+    k = out.shape[0]
+    stored_best = np.zeros(mask.shape, dtype=np.int64)
+    best = out[0].copy()
+    for c in range(1, k):  # argmax with NaN-safe strict ">" (ties → lower id, as numpy)
+        better = out[c] > best
+        stored_best[better] = c
+        np.maximum(best, out[c], out=best)
+    fix = valid & (stored_best != mask)
+    if not fix.any():
+        return out
+    rows, cols = np.nonzero(fix)
+    want = mask[rows, cols].astype(np.int64)
+    top = out[want, rows, cols]
+    below = np.nextafter(top, np.array(-np.inf, dtype=out.dtype))
+    for c in range(k):
+        rival = (want != c) & (out[c, rows, cols] >= top)
+        out[c, rows[rival], cols[rival]] = below[rival]
+    return out
+
+
 @portable_errors
 def block_array(job: BlockJob, window: Window, returns: str, dtype: np.dtype) -> np.ndarray:
     """The block as ``returns`` asks: ``mask`` ``(h, w)``, ``probabilities``/``logits``
@@ -141,7 +174,11 @@ def block_array(job: BlockJob, window: Window, returns: str, dtype: np.dtype) ->
     if returns == "disagreement":
         d = result.disagreement
         return np.zeros(result.valid.shape, np.uint8) if d is None else d.astype(np.uint8)
-    values = softmax(result.logits) if returns == "probabilities" else result.logits
+    if returns == "probabilities":
+        mask = to_mask(result, dtype, job.mask_nodata)
+        values = agreeing_probabilities(softmax(result.logits), mask, result.valid, np.float32)
+    else:
+        values = result.logits
     values[:, ~result.valid] = np.nan
     return values
 
@@ -154,8 +191,8 @@ def write_block(job: BlockJob, window: Window, with_probabilities: bool,
     output = job.output
     mask = to_mask(result, np.dtype(job.mask_dtype), job.mask_nodata)
     probs = None
-    if with_probabilities:
-        probs = softmax(result.logits)
+    if with_probabilities:  # stored as float16, rounded so that its argmax is the mask
+        probs = agreeing_probabilities(softmax(result.logits), mask, result.valid)
         probs[:, ~result.valid] = np.nan
     disagreement = None
     if with_disagreement:

@@ -81,6 +81,28 @@ class TileRule:
         """Shift granularity under which the model's output is shift-equivariant."""
         return self.multiple if self.valid_depth == 0 else 2**self.valid_depth
 
+    def halo_phase(self) -> int:
+        """The residue modulo the output stride that every seamless halo has.
+
+        Tile origins sit at ``i·core - halo``; with cores on the stride grid, a halo of this
+        phase puts every tile's pooling grid where the whole-image pass has it. Same-padded
+        models: 0 (tile origins on the raster's own pooling grid, so one plain pass over the
+        raster is the reference). Valid-convolution U-Nets: their output side is never a
+        multiple of the stride (572 → 388), so a core on the stride grid forces the halo's
+        phase (94 ≡ 14 mod 16 for the paper's net); the reference is then the pass over the
+        raster mirror-padded by a halo of that phase.
+        """
+        stride = self.output_stride
+        if self.valid_depth == 0:
+            return 0
+        first = self.nearest_legal(max(self.minimum, 1))
+        shrink = self.shrink(first)
+        for halo in range(shrink, shrink + stride):
+            if (first - 2 * halo) % stride == 0:
+                return halo % stride
+        raise GeometryError(f"no halo puts the cores of this model on its stride grid "
+                            f"({self.describe()})")
+
     def describe(self) -> str:
         if self.valid_depth == 0:
             return f"a multiple of {self.multiple}, at least {self.minimum}"
@@ -99,6 +121,9 @@ class TileSpec:
     shrink: int = 0
     pad_mode: str = "reflect"
     blend: str = "crop"
+    blend_margin: int = 0
+    """``gaussian`` only: output pixels on each side of a tile's output that are left out of
+    the blend because they lack full context (the receptive radius less the shrink)."""
 
     def __post_init__(self) -> None:
         if self.pad_mode not in PAD_MODES:
@@ -109,6 +134,10 @@ class TileSpec:
             raise GeometryError(
                 f"halo {self.halo} is smaller than the model's shrink {self.shrink}; "
                 f"use --halo {self.shrink} or more")
+        if not 0 <= self.blend_margin <= self.halo - self.shrink:
+            raise GeometryError(
+                f"blend margin {self.blend_margin} must lie in [0, halo - shrink = "
+                f"{self.halo - self.shrink}]: a tile's blended region must hold its core")
         if self.core <= 0:
             raise GeometryError(
                 f"halo {self.halo} leaves no core in a tile of {self.tile}: "
@@ -124,9 +153,14 @@ class TileSpec:
         """Side of the model's output for one tile."""
         return self.tile - 2 * self.shrink
 
+    @property
+    def blend_side(self) -> int:
+        """Side of the part of each tile's output that ``gaussian`` blends."""
+        return self.out_side - 2 * self.blend_margin
+
     def footprint(self) -> int:
         """How far a tile's used output reaches past its core on each side."""
-        return 0 if self.blend == "crop" else self.halo - self.shrink
+        return 0 if self.blend == "crop" else self.halo - self.shrink - self.blend_margin
 
 
 @dataclass(frozen=True)
@@ -198,15 +232,20 @@ def default_block(spec: TileSpec, target: int = 1024) -> tuple[int, int]:
     return k * spec.core, k * spec.core
 
 
-def aligned_halo(tile: int, at_least: int, stride: int) -> int:
-    """Smallest halo ≥ ``at_least`` whose core ``tile - 2·halo`` is a multiple of ``stride``.
+def phase_halo(at_least: int, stride: int, phase: int = 0) -> int:
+    """Smallest halo ≥ ``at_least`` that is ``phase`` modulo ``stride``.
 
     Models with pooling are shift-equivariant only for shifts that are multiples of their
-    output stride, so cores on that grid make tiled output equal whole-image output.
+    output stride. Tiles start at ``i·core - halo``; with the core a multiple of the stride
+    and the halo of the model's phase (:meth:`TileRule.halo_phase`), every tile sees the
+    pooling grid the whole-image pass sees, so tiled output can equal it.
     """
-    for halo in range(max(0, at_least), tile // 2):
-        if (tile - 2 * halo) % stride == 0:
-            return halo
-    raise GeometryError(
-        f"tile {tile} has no halo ≥ {at_least} whose core is a multiple of {stride}; "
-        "use a larger --tile")
+    at_least = max(0, at_least)
+    return at_least + (phase - at_least) % stride
+
+
+def nearest_phase_halos(halo: int, stride: int, phase: int, at_least: int = 0) -> list[int]:
+    """The good halos (``phase`` mod ``stride``, ≥ ``at_least``) just below and above ``halo``."""
+    above = phase_halo(max(halo, at_least), stride, phase)
+    below = above - stride
+    return [h for h in (below, above) if h >= max(at_least, 0)]

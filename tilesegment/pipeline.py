@@ -18,7 +18,7 @@ import numpy as np
 from tilesegment.block import BlockJob, block_array, write_block
 from tilesegment.errors import GeometryError, ModelError, RandomWeightsWarning, SeamWarning
 from tilesegment.execute import compute
-from tilesegment.grid import TileSpec, default_block, iter_blocks
+from tilesegment.grid import TileSpec, default_block, iter_blocks, phase_halo
 from tilesegment.models.registry import get_entry
 from tilesegment.models.spec import ModelSpec, Normalization
 from tilesegment.normalize import raster_statistics
@@ -107,9 +107,9 @@ def segment(
 
     resolved = resolve_model(model, raster.bands, classes, tile=tile, weights=weights)
     mspec, module = resolved.spec, resolved.module
-    if halo is None and tile is None and resolved.halo is not None:
-        halo = resolved.halo  # a checkpoint card's default, meant for its default tile
-    tspec = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=not resolved.probed)
+    card_halo = resolved.halo if tile is None else None  # meant for the card's default tile
+    tspec = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=not resolved.probed,
+                       card_halo=card_halo)
     if block_size is not None and block_size < 1:
         raise GeometryError(f"block size must be positive, got {block_size}")
     if save_disagreement and blend != "gaussian":
@@ -179,37 +179,53 @@ def segment(
 
 
 def _tile_spec(mspec: ModelSpec, tile: int | None, halo: int | None, pad_mode: str,
-               blend: str, check_seams: bool) -> TileSpec:
-    """The tile geometry, checked against the model before any pixel is read."""
+               blend: str, check_seams: bool, card_halo: int | None = None) -> TileSpec:
+    """The tile geometry, checked against the model before any pixel is read.
+
+    A halo off the model's pooling grid is refused (no halo size repairs it); one below the
+    receptive radius is allowed with a :class:`SeamWarning` (a speed/accuracy choice). A
+    checkpoint card's halo (``card_halo``) off the grid is moved up onto it, with a note.
+    """
     tile = tile or mspec.default_tile
     shrink = mspec.check_tile(tile)
+    bounded = check_seams and not mspec.global_context
     if mspec.global_context and check_seams:
         warnings.warn(f"model {mspec.name!r} pools over its whole input tile: tiled output "
                       "cannot equal whole-image output whatever the halo (seams stay possible)",
                       SeamWarning, stacklevel=3)
-        check_seams = False
+    if halo is None and card_halo is not None:
+        halo = card_halo
+        if check_seams and mspec.halo_problem(tile, halo):
+            rule = mspec.tile_rule
+            halo = phase_halo(card_halo, rule.output_stride, rule.halo_phase())
+            warnings.warn(f"the checkpoint's halo {card_halo} is off the model's pooling grid; "
+                          f"using {halo}", SeamWarning, stacklevel=3)
     if halo is None:
         halo = mspec.default_halo(tile)
     elif halo < shrink:
         raise GeometryError(f"halo {halo} is smaller than the model's shrink {shrink} "
                             f"({_seamless_advice(mspec, tile)})")
-    elif check_seams:
-        stride = mspec.tile_rule.output_stride
-        need = shrink if mspec.valid else mspec.receptive_radius
-        if halo < need or (tile - 2 * halo) % stride:
-            why = (f"below the model's receptive radius {need}" if halo < need else
-                   f"leaves a core of {tile - 2 * halo} px, not a multiple of the "
-                   f"output stride {stride}")
-            warnings.warn(f"halo {halo} {why}: tiles may show seams "
-                          f"({_seamless_advice(mspec, tile)})", SeamWarning, stacklevel=3)
-    return TileSpec(tile=tile, halo=halo, shrink=shrink, pad_mode=pad_mode, blend=blend)
+    elif check_seams and (problem := mspec.halo_problem(tile, halo)):
+        raise GeometryError(problem)
+    elif bounded and halo < mspec.context_needed:
+        warnings.warn(f"halo {halo} is below the model's receptive radius "
+                      f"{mspec.context_needed}: tiles may show seams "
+                      f"({_seamless_advice(mspec, tile)})", SeamWarning, stacklevel=3)
+    # Gaussian blending is exact only where each tile has full context: blend just that part
+    # of each tile's output when the halo allows it; otherwise blend whole outputs (an
+    # approximation, for models that see the whole tile or halos below the radius).
+    margin = 0
+    if blend == "gaussian" and bounded and halo >= max(shrink, mspec.context_needed):
+        margin = max(0, mspec.context_needed - shrink)
+    return TileSpec(tile=tile, halo=halo, shrink=shrink, pad_mode=pad_mode, blend=blend,
+                    blend_margin=margin)
 
 
 def _seamless_advice(mspec: ModelSpec, tile: int) -> str:
     try:
         return f"seamless: --halo {mspec.default_halo(tile)}"
-    except GeometryError:
-        return f"no halo makes tile {tile} seamless for this model: use a larger --tile"
+    except GeometryError as exc:
+        return str(exc)
 
 
 def _normalization(choice: Any, mspec: ModelSpec, raster) -> tuple[Any, Any]:
@@ -287,7 +303,8 @@ def _provenance(raster, mspec, resolved, weights, tspec, block, normalization, s
         "model_source": resolved.source,
         "seed": seed,
         "tile": tspec.tile, "halo": tspec.halo, "shrink": tspec.shrink,
-        "pad_mode": tspec.pad_mode, "blend": tspec.blend, "block": list(block),
+        "pad_mode": tspec.pad_mode, "blend": tspec.blend, "blend_margin": tspec.blend_margin,
+        "block": list(block),
         "normalization": normalization if isinstance(normalization, str | None)
         else [list(map(float, v)) for v in normalization],
         "crf": None if crf is None or crf is False else (

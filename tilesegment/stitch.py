@@ -1,10 +1,12 @@
 """Put per-tile model outputs back together into one block of logits.
 
 ``crop`` (the U-Net way): each output pixel is copied from the one tile whose core holds it.
-``gaussian``: every tile's whole output is added with a Gaussian weight that peaks at the
-tile centre and is non-zero everywhere; the sum is divided by the summed weights. Tiles are
-added in global grid order, so each pixel's floating-point sum is the same whatever the
-blocks are.
+``gaussian``: each tile's output, less ``blend_margin`` pixels on each side (the part without
+full context), is added with a Gaussian weight that peaks at the tile centre and is non-zero
+everywhere; the sum is divided by the summed weights. When the blended parts have full
+context, every tile agrees with the whole-image pass there and the blend is exact to float
+rounding; otherwise it is an approximation that hides seams. Tiles are added in global grid
+order, so each pixel's floating-point sum is the same whatever the blocks are.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class BlockStitcher:
         self.logits = np.zeros((num_classes, r1 - r0, c1 - c0), dtype=np.float32)
         if spec.blend == "gaussian":
             self.weights = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
-            self.kernel = gaussian_weight(spec.out_side)
+            self.kernel = gaussian_weight(spec.blend_side)
             # Seam diagnostics: the first tile's class at each pixel, and whether any
             # later overlapping tile voted for another class.
             self.first_label = np.full((r1 - r0, c1 - c0), -1, dtype=np.int32)
@@ -55,8 +57,10 @@ class BlockStitcher:
             y0, x0 = tile.i * spec.core, tile.j * spec.core
             self._paste(output[:, keep:keep + spec.core, keep:keep + spec.core], y0, x0)
         else:
-            y0, x0 = tile.row + spec.shrink, tile.col + spec.shrink
-            self._paste(output, y0, x0, self.kernel, output.argmax(axis=0))
+            m = spec.blend_margin
+            used = output[:, m:spec.out_side - m, m:spec.out_side - m]
+            y0, x0 = tile.row + spec.shrink + m, tile.col + spec.shrink + m
+            self._paste(used, y0, x0, self.kernel, used.argmax(axis=0))
 
     def _paste(self, values: np.ndarray, y0: int, x0: int, kernel: np.ndarray | None = None,
                labels: np.ndarray | None = None):

@@ -294,3 +294,18 @@ def test_card_dataclass_round_trips_through_json():
     again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
     assert again == card
     assert dataclasses.replace(card, tile=None).to_dict()["tile"] is None
+
+
+def test_a_card_halo_off_the_pooling_grid_is_moved_onto_it(tmp_path):
+    """Cards written before halos were put on the pooling grid (halo 52 for unet-tiny) still
+    run, seamlessly: the halo is raised to the next one on the 8-px grid, with a warning."""
+    import numpy as np
+
+    from tilesegment import segment
+    from tilesegment.errors import SeamWarning
+
+    _, path = _saved(tmp_path)
+    image = np.random.default_rng(0).normal(size=(3, 40, 40)).astype(np.float32) * 50 + 100
+    with pytest.warns(SeamWarning, match="halo 52 is off the model's pooling grid; using 56"):
+        summary = segment(image, tmp_path / "out.zarr", model=str(path))
+    assert summary.settings["halo"] == 56

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tilesegment.errors import GeometryError
-from tilesegment.grid import TileRule, aligned_halo
+from tilesegment.grid import TileRule, nearest_phase_halos, phase_halo
 
 # A qualitative palette (RGB) cycled for classes without colours of their own.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -85,9 +85,48 @@ class ModelSpec:
                 f"({self.tile_rule.describe()}); nearest legal size: {near}")
         return self.tile_rule.shrink(tile)
 
+    @property
+    def context_needed(self) -> int:
+        """The halo below which tiles lack context: the receptive radius, or for a
+        valid-convolution model its shrink (its output pixels have full context)."""
+        return self.receptive_radius if not self.valid else 0
+
     def default_halo(self, tile: int) -> int:
-        """Smallest halo that makes tiling seamless: covers the receptive field (or the
-        shrink) and puts cores on the output-stride grid."""
+        """Smallest seamless halo at ``tile``: covers the receptive field (or the shrink) and
+        is of the model's phase on its output-stride grid, so every tile's pooling grid lies
+        where the whole-image pass has it. Raises when ``tile`` leaves no core for it."""
         shrink = self.check_tile(tile)
-        need = shrink if self.valid else self.receptive_radius
-        return aligned_halo(tile, need, self.tile_rule.output_stride)
+        rule = self.tile_rule
+        halo = phase_halo(max(shrink, self.context_needed), rule.output_stride,
+                          rule.halo_phase())
+        if tile - 2 * halo <= 0:
+            raise GeometryError(
+                f"tile {tile} is too small for model {self.name!r}: its seamless halo {halo} "
+                f"leaves no core; use --tile {self.smallest_tile(halo)} or more")
+        return halo
+
+    def smallest_tile(self, halo: int) -> int:
+        """The smallest legal tile whose core at ``halo`` is at least one output stride."""
+        rule = self.tile_rule
+        stride = rule.output_stride
+        side = rule.nearest_legal(2 * halo + stride)
+        while side - 2 * halo < stride:
+            side = rule.nearest_legal(side + stride)
+        return side
+
+    def halo_problem(self, tile: int, halo: int) -> str | None:
+        """Why ``halo`` breaks the pooling grid at ``tile`` (``None`` if it does not).
+
+        A halo off the model's phase shifts every tile's pooling grid against the whole-image
+        pass: no halo size repairs that, so it is refused rather than warned about."""
+        rule = self.tile_rule
+        stride, phase = rule.output_stride, rule.halo_phase()
+        if stride == 1 or (halo - phase) % stride == 0:
+            return None
+        good = nearest_phase_halos(halo, stride, phase, self.check_tile(tile))
+        good = [h for h in good if tile - 2 * h > 0]
+        where = "a multiple of" if phase == 0 else f"{phase} plus a multiple of"
+        advice = " or ".join(f"--halo {h}" for h in good) or "a larger --tile"
+        return (f"halo {halo} puts the tiles off model {self.name!r}'s pooling grid (output "
+                f"stride {stride}; a halo must be {where} {stride}), so tiled output would "
+                f"differ from a whole-image pass everywhere; use {advice}")
