@@ -201,21 +201,39 @@ def _to_cog(layer: Layer, src: Path, dst: Path, *, shape: tuple[int, int], tile:
 _LIBRARY_ERROR = re.compile(r"error|no space|quota|fail|cannot|can't", re.IGNORECASE)
 
 
-class _GdalErrors(logging.Handler):
-    """Collects the errors GDAL reports in this thread (rasterio logs some failures, e.g.
-    libtiff's "No space left on device", without raising)."""
+class _GdalErrors(logging.Filter):
+    """Collects the errors GDAL reports in this thread: rasterio logs some failures (e.g.
+    libtiff's write errors) at INFO level without raising. As a filter on rasterio's
+    loggers it sees records before handlers do, and lets through only what the loggers'
+    own levels would have let through."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__()
         self.thread = threading.get_ident()
         self.messages: list[str] = []
+        self.levels: dict[str, int] = {}
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self.thread:
-            return
+    def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if "signalled an error" in text or record.levelno >= logging.ERROR:
+        if record.thread == self.thread and (
+                "signalled an error" in text or record.levelno >= logging.ERROR):
             self.messages.append(text)
+        return record.levelno >= self.levels.get(record.name, logging.WARNING)
+
+    @contextlib.contextmanager
+    def watching(self, names: tuple[str, ...]) -> Iterator[None]:
+        loggers = [logging.getLogger(name) for name in names]
+        saved = [(logger, logger.level) for logger in loggers]
+        for logger in loggers:
+            self.levels[logger.name] = logger.getEffectiveLevel()
+            logger.addFilter(self)
+            logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+        try:
+            yield
+        finally:
+            for logger, level in saved:
+                logger.removeFilter(self)
+                logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -266,22 +284,14 @@ def write_geotiff(
     (one line, naming ``dst``).
     """
     collector = _GdalErrors()
-    loggers = [logging.getLogger(name) for name in ("rasterio._err", "rasterio._env",
-                                                     "rasterio")]
-    for logger in loggers:
-        logger.addHandler(collector)
-    raw: list[str] = []
     failure: BaseException | None = None
-    try:
-        with _raw_stderr_captured() as raw:
-            try:
-                _write_any(layer, dst, shape=shape, block_shape=block_shape, georef=georef,
-                           cog=cog)
-            except Exception as exc:  # GDAL's CPLE_* errors share no base class
-                failure = exc
-    finally:
-        for logger in loggers:
-            logger.removeHandler(collector)
+    with collector.watching(("rasterio._err", "rasterio._env")), \
+            _raw_stderr_captured() as raw:
+        try:
+            _write_any(layer, dst, shape=shape, block_shape=block_shape, georef=georef,
+                       cog=cog)
+        except Exception as exc:  # GDAL's CPLE_* errors share no base class
+            failure = exc
     printed = [line for line in raw if line.strip()]
     # libtiff may only print a write error (GDAL neither raises nor logs it)
     errors = [line for line in printed if _LIBRARY_ERROR.search(line)]
