@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import zarr
 
+from tests.write.test_write_safety import listing, make_meta, mask_of, snapshot, write_blocks
 from tilesegment.errors import (
     IncompleteOutputError,
     OutputError,
@@ -20,8 +21,6 @@ from tilesegment.errors import (
 )
 from tilesegment.write import atomic, create_output, geotiff_output, read_output_meta, transcode
 from tilesegment.write.verify import check_output, verify_tiff
-
-from tests.write.test_write_safety import listing, make_meta, mask_of, snapshot, write_blocks
 
 
 def test_partial_geotiff_is_incomplete_until_verified(tmp_path: Path, monkeypatch) -> None:
@@ -142,7 +141,7 @@ def test_existing_output_message_says_what_is_there(tmp_path: Path) -> None:
         create_output(path, make_meta())
     other = tmp_path / "plain.tif"
     other.write_bytes(b"x" * 2048)
-    with pytest.raises(OutputExistsError, match="not a tilesegment output.*2.0 KB"):
+    with pytest.raises(OutputExistsError, match=r"not a tilesegment output.*2\.0 KB"):
         create_output(other, make_meta())
 
 
