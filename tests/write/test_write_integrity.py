@@ -151,7 +151,7 @@ def test_recover_leaves_a_live_publication_alone(tmp_path: Path) -> None:
     final.write_bytes(b"old")
     src = atomic.partial_path(final, "abcd1234", ".tif")
     src.write_bytes(b"new")
-    journal = atomic.journal_path(final, "abcd1234")
+    journal = atomic.journal_path(final)
     record = {"run_id": "r", "token": "abcd1234", "pid": os.getpid(),
               "host": __import__("socket").gethostname(),
               "moves": [{"src": str(src), "dst": str(final), "backup": None}]}
@@ -162,6 +162,29 @@ def test_recover_leaves_a_live_publication_alone(tmp_path: Path) -> None:
     journal.write_text(json.dumps(record))
     assert atomic.recover(final) == [f"completed the interrupted publication of {final}"]
     assert final.read_bytes() == b"new" and listing(tmp_path) == ["out.tif"]
+
+
+def test_one_set_publication_at_a_time(tmp_path: Path) -> None:
+    """Two runs publishing sets onto one path cannot interleave their renames: while one
+    holds the journal the other is refused and the first run's set stays whole."""
+    path = tmp_path / "out.tif"
+    first = create_output(path, make_meta(save_probabilities=True))
+    write_blocks(first, mask_of(1))
+    first.finalize()
+    old = {**snapshot(path), **snapshot(tmp_path / "out.probabilities.tif")}
+    second = create_output(path, make_meta(save_probabilities=True), overwrite=True)
+    write_blocks(second, mask_of(2))
+    journal = atomic.journal_path(path)
+    journal.write_text(json.dumps({"pid": os.getpid(), "host": __import__(
+        "socket").gethostname(), "moves": []}))  # a live publication by "another run"
+    with pytest.raises(OutputError, match="another run is publishing"):
+        second.finalize()
+    assert {**snapshot(path), **snapshot(tmp_path / "out.probabilities.tif")} == old
+    assert journal.exists()  # not ours to remove
+    journal.unlink()
+    second.finalize()
+    check_output(path)
+    assert listing(tmp_path) == ["out.probabilities.tif", "out.tif"]
 
 
 def test_zarr_completion_record_names_missing_blocks(tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ killed midway leaves only a hidden, obviously partial name. Publishing:
   ``.<name>.old-<token>`` first; :func:`recover` (run before every new output at that path)
   puts it back if a run died between the two renames;
 - a set of files (a GeoTIFF mask and its siblings), :func:`publish_set`: each old file is
-  hard-linked to a ``.old-`` backup and a journal ``.<mask>.publish-<token>.json`` naming
-  every move is written before the first rename. A failure rolls the old set back; a run
-  killed in the middle leaves the journal, and :func:`recover` completes the publication
-  (every new file was verified before the journal was written).
+  hard-linked to a ``.old-`` backup and a journal ``.<mask>.publishing.json`` naming
+  every move is created (exclusively: one publication at a time) before the first rename.
+  A failure rolls the old set back; a run killed in the middle leaves the journal, and
+  :func:`recover` completes the publication (every new file was verified before the
+  journal was written).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tilesegment.errors import OutputError, OutputExistsError
 
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"
-JOURNAL_MARK = ".publish-"
+JOURNAL_SUFFIX = ".publishing.json"
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -66,9 +67,12 @@ def old_path(final: Path, token: str) -> Path:
     return final.with_name(f".{final.name}{OLD_MARK}{token}")
 
 
-def journal_path(final: Path, token: str) -> Path:
-    """``<dir>/.<name>.publish-<token>.json``: the journal of a set publication."""
-    return final.with_name(f".{final.name}{JOURNAL_MARK}{token}.json")
+def journal_path(final: Path) -> Path:
+    """``<dir>/.<name>.publishing.json``: the journal of a set publication at ``final``.
+
+    One name per output: creating it is also the lock that keeps two runs from publishing
+    sets at the same path at once (interleaved renames would mix them)."""
+    return final.with_name(f".{final.name}{JOURNAL_SUFFIX}")
 
 
 def exists(path: Path) -> bool:
@@ -231,9 +235,11 @@ def publish_set(moves: Sequence[tuple[Path, Path]], *, overwrite: bool, token: s
     if not moves:
         return
     mask = moves[-1][1]
-    journal = journal_path(mask, token)
+    journal = journal_path(mask)
+    recover(mask)  # a publication a dead run left half-done comes first
     entries: list[dict[str, str | None]] = []
     done: list[dict[str, str | None]] = []
+    owned = False
     try:
         for src, dst in moves:
             backup: Path | None = None
@@ -251,6 +257,7 @@ def publish_set(moves: Sequence[tuple[Path, Path]], *, overwrite: bool, token: s
                             "backup": str(backup) if backup else None})
         _write_journal(journal, {"run_id": run_id, "token": token, "pid": os.getpid(),
                                  "host": socket.gethostname(), "moves": entries})
+        owned = True
         for entry in entries:
             src, dst = Path(str(entry["src"])), Path(str(entry["dst"]))
             if entry["backup"] is None and not exists(dst):
@@ -269,8 +276,9 @@ def publish_set(moves: Sequence[tuple[Path, Path]], *, overwrite: bool, token: s
             if entry["backup"]:
                 with contextlib.suppress(OSError):
                     Path(entry["backup"]).unlink()
-        with contextlib.suppress(OSError):
-            journal.unlink()
+        if owned:
+            with contextlib.suppress(OSError):
+                journal.unlink()
         if isinstance(exc, OSError) and not isinstance(exc, OutputError | OutputExistsError):
             raise OutputError(f"cannot publish {mask}: {exc}") from exc
         raise
@@ -283,12 +291,30 @@ def publish_set(moves: Sequence[tuple[Path, Path]], *, overwrite: bool, token: s
 
 
 def _write_journal(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(record, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Create the journal ``path`` with ``record``, whole, only if it does not exist
+    (OutputError naming the other run when it does)."""
+    tmp = path.with_name(f"{path.name}.{record['token']}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(record, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # appears whole, and never over another run's journal
+        except FileExistsError:
+            raise OutputError(
+                f"another run is publishing {path.name[1:-len(JOURNAL_SUFFIX)]} in "
+                f"{path.parent} right now (its journal is {path}); run again once it has "
+                "finished") from None
+        except OSError:  # no hard links here: exclusive create, then the content
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(record, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     with contextlib.suppress(OSError):
         fsync_path(path.parent)
 
@@ -318,13 +344,9 @@ def _alive(record: dict) -> bool:
 
 
 def pending_journals(final: Path) -> list[Path]:
-    """Journals of set publications at ``final`` that did not finish."""
-    parent = final.parent
-    if not parent.is_dir():
-        return []
-    prefix = f".{final.name}{JOURNAL_MARK}"
-    return sorted(p for p in parent.iterdir()
-                  if p.name.startswith(prefix) and p.name.endswith(".json"))
+    """The journal of a set publication at ``final`` that did not finish, if any."""
+    journal = journal_path(final)
+    return [journal] if journal.is_file() else []
 
 
 def recover(final: Path) -> list[str]:
