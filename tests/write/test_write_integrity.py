@@ -200,3 +200,24 @@ def test_zarr_completion_record_names_missing_blocks(tmp_path: Path) -> None:
     os.remove(path / "probabilities" / "c" / "0" / "1" / "1")
     with pytest.raises(IncompleteOutputError, match="probabilities"):
         check_output(path)
+
+
+def test_hidden_partial_layer_is_not_taken_for_the_published_set(tmp_path: Path) -> None:
+    """A sibling layer of a killed run (hidden partial) does not borrow the completion of
+    the published mask next to it."""
+    import shutil
+
+    path = tmp_path / "out.tif"
+    first = create_output(path, make_meta(save_disagreement=True))
+    write_blocks(first, mask_of(1))
+    first.finalize()
+    check_output(tmp_path / "out.disagreement.tif")
+    other = tmp_path / "sub"
+    other.mkdir()
+    second = create_output(other / "out.tif", make_meta(save_disagreement=True))
+    write_blocks(second, mask_of(2))
+    second.finalize()
+    stray = atomic.partial_path(tmp_path / "out.disagreement.tif", "deadbeef", ".tif")
+    shutil.copy(other / "out.disagreement.tif", stray)
+    with pytest.raises(IncompleteOutputError, match="partial or mixed"):
+        check_output(stray)

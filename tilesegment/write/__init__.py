@@ -153,13 +153,19 @@ def read_output_meta(path: str | Path) -> dict[str, Any]:
     layer = tags.get("TILESEGMENT_LAYER", "mask")
     record_in = (attrs.get("completion") or {}).get("record_in")
     if layer != "mask" and record_in:  # a sibling layer: the set is described by its mask
+        from tilesegment.errors import IncompleteOutputError
+
         mask = path.with_name(str(record_in))
         if not mask.is_file():
-            from tilesegment.errors import IncompleteOutputError
-
             raise IncompleteOutputError(f"{path} is the {layer} layer of {mask}, which is "
                                         "missing")
-        return read_output_meta(mask)
+        meta = read_output_meta(mask)
+        if meta.get("run_id") != attrs.get("run_id") or Path(
+                meta["layer_paths"].get(layer, "")).name != path.name:
+            raise IncompleteOutputError(
+                f"{path} is a {layer} layer of run {attrs.get('run_id')}, not of the output "
+                f"{mask} beside it (run {meta.get('run_id')}): a partial or mixed set")
+        return meta
     layers = output_layers(attrs)
     paths = {
         layer: str(path if layer == "mask" else sibling_path(path, layer)) for layer in layers
