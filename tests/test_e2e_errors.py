@@ -208,19 +208,26 @@ def test_existing_file_refused_then_overwritten(tmp_path: Path) -> None:
 
 
 def test_existing_zarr_refused_then_overwritten(tmp_path: Path) -> None:
+    """A directory that is not a tilesegment output is never replaced, even with
+    --overwrite; a tilesegment output there is replaced only with --overwrite."""
     source, data = write_scene(tmp_path / "scene.tif")
     out = tmp_path / "mask.zarr"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     before = listing(tmp_path)
+    for flags in ([], ["--overwrite"]):
+        line = failed(invoke("run", source, "-o", out, *IDENTITY, *flags), 1)
+        assert "not a tilesegment output" in line and "pass --overwrite" not in line
+        assert (out / "keep.txt").read_text() == "mine"
+        assert listing(tmp_path) == before
+
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert invoke("run", source, "-o", out, *IDENTITY, "--seed", "1").exit_code == 0
     line = failed(invoke("run", source, "-o", out, *IDENTITY), 1)
     assert "--overwrite" in line
-    assert (out / "keep.txt").read_text() == "mine"
-    assert listing(tmp_path) == before
-
     result = invoke("run", source, "-o", out, *IDENTITY, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists()
     import zarr
 
     np.testing.assert_array_equal(zarr.open_group(out, mode="r")["mask"][:],

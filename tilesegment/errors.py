@@ -63,3 +63,13 @@ def portable_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         raise fresh
 
     return wrapper
+
+
+class UnsafeOutputError(OutputError):
+    """The output path is an input, holds or lies inside an input, or holds something that is
+    not a tilesegment output: refused whatever ``overwrite`` says."""
+
+
+class IncompleteOutputError(InputError):
+    """A tilesegment output that is incomplete or inconsistent: a partial, missing blocks,
+    no completion record, or layers from different runs."""

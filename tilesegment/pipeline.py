@@ -79,6 +79,7 @@ def segment(
     channels_last: bool = True,
     progress: bool = False,
     seed: int = 0,
+    protect: tuple[str | Path, ...] = (),
 ) -> np.ndarray | RunSummary:
     """Segment ``source`` tile by tile.
 
@@ -96,7 +97,9 @@ def segment(
     With ``output=None`` returns the stitched result as a numpy array: ``returns="mask"``
     gives class ids ``(H, W)`` uint8/uint16 (nodata = 255/65535), ``"probabilities"`` or
     ``"logits"`` give ``float32 (K, H, W)``. With an ``output`` path (``.zarr`` or ``.tif``)
-    writes it and returns a :class:`RunSummary`.
+    writes it and returns a :class:`RunSummary`. The output never replaces, contains or lies
+    inside a file the run reads (the source, the weights, and ``protect``: e.g. a truth mask),
+    whatever ``overwrite`` says.
     """
     started = time.perf_counter()
     if returns not in RETURNS:
@@ -148,7 +151,13 @@ def segment(
                 save_probabilities=save_probabilities, save_disagreement=save_disagreement,
                 provenance=_provenance(raster, mspec, resolved, weights, tspec, block,
                                        normalization, seed, crf, backbone_weights))
-            target = create_output(output, meta, overwrite=overwrite, cog=cog)
+            inputs = [p for p in (source if isinstance(source, str | Path) else None,
+                                  raster.source, weights, backbone_weights,
+                                  model if isinstance(model, str | Path)
+                                  and Path(model).is_file() else None,
+                                  *protect) if p]
+            target = create_output(output, meta, overwrite=overwrite, cog=cog,
+                                   inputs=[p for p in inputs if isinstance(p, str | Path)])
         mean, std = _normalization(normalization, mspec, raster)
         crf_params, crf_range = _crf_settings(crf, raster)
         job = BlockJob(raster=raster, spec=tspec, recipe=recipe, mean=mean, std=std,

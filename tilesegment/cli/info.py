@@ -12,13 +12,50 @@ import click
 @click.option("--level", type=click.IntRange(min=0), help="Pyramid level to describe.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(source: str, level: int | None, as_json: bool) -> None:
-    """Describe SOURCE: size, bands, dtype, levels, CRS or pixel size, TIFF block layout."""
+    """Describe SOURCE: size, bands, dtype, levels, CRS or pixel size, TIFF block layout.
+
+    For a tilesegment output also whether it is complete; an incomplete or mixed output is
+    described, then flagged with exit status 1.
+    """
     from tilesegment.read import open_raster
 
+    check = _output_check(source)
     desc = open_raster(source, level=level).describe()
+    if check is not None:
+        desc["output_check"] = check
     if as_json:
         click.echo(json.dumps(desc, indent=2, ensure_ascii=False))
-        return
+    else:
+        _print(desc)
+    if check is not None and check["problems"]:
+        from tilesegment.errors import IncompleteOutputError
+
+        raise IncompleteOutputError(f"{check['path']} is not a complete tilesegment output: "
+                                    + "; ".join(check["problems"]))
+
+
+def _output_check(source: str) -> dict | None:
+    """``{"path", "complete", "run_id", "layers", "problems"}`` for a tilesegment output
+    (``problems`` empty when it is complete and consistent); None for anything else."""
+    from tilesegment.errors import IncompleteOutputError
+    from tilesegment.write import read_output_meta
+    from tilesegment.write.verify import output_problems
+
+    try:
+        meta = read_output_meta(source)
+    except IncompleteOutputError as exc:
+        return {"path": source, "complete": False, "run_id": None, "layers": [],
+                "problems": [str(exc)]}
+    except Exception:  # not one of ours
+        return None
+    problems = output_problems(meta)
+    completion = meta.get("completion") or {}
+    return {"path": meta["path"], "complete": not problems,
+            "run_id": completion.get("run_id"), "layers": meta["layers"],
+            "problems": problems}
+
+
+def _print(desc: dict) -> None:
     c, h, w = desc["shape"]
     click.echo(f"{desc['source']}  ({desc['kind']})")
     click.echo(f"  size      {w} × {h} px, {c} band(s), {desc['dtype']}"
@@ -41,3 +78,10 @@ def info(source: str, level: int | None, as_json: bool) -> None:
             px = f"  {lv['pixel_size'][1]:.4g} {desc.get('unit') or ''}" if lv.get(
                 "pixel_size") else ""
             click.echo(f"    {i}: {size}{px}")
+    check = desc.get("output_check")
+    if check is not None:
+        state = ("complete" if not check["problems"] else
+                 "INCOMPLETE OR INCONSISTENT, see the error below")
+        run = f", run {check['run_id']}" if check.get("run_id") else ""
+        click.echo(f"  output    tilesegment {state}{run}; layers "
+                   f"{', '.join(check['layers'])}")

@@ -146,6 +146,7 @@ def run(source: str, output: str, model: str, weights: str | None,
             mpp=mpp, normalization=normalization, save_probabilities=save_probabilities,
             save_disagreement=save_disagreement, crf=crf_params,
             cog=cog, overwrite=overwrite, scheduler=scheduler, workers=workers, seed=seed,
+            protect=(truth,) if truth else (),
             progress=sys.stderr.isatty() if progress is None else progress)
     finally:
         if client is not None:

@@ -47,9 +47,9 @@ def evaluate(
     ``figures_dir``: write ``confusion.png`` and ``preview.png`` there (the preview over
     ``image``, by default the input recorded in the prediction's provenance, if it exists).
     """
+    meta = _output_meta(prediction)  # refuses an incomplete or mixed output of ours
     pred = open_raster(prediction)
     gt = open_raster(truth)
-    meta = _output_meta(prediction)
     if pred.bands != 1 or gt.bands != 1:
         raise InputError(f"masks must have one band: prediction has {pred.bands}, "
                          f"truth {gt.bands}")
@@ -139,15 +139,29 @@ def _count(job, window, shape):
 
 
 def _output_meta(source: Any) -> dict | None:
-    """tilesegment's own metadata of a written mask, or None for anything else."""
+    """tilesegment's own metadata of a written mask, or None for anything else.
+
+    Raises :class:`~tilesegment.errors.IncompleteOutputError` for an output of ours that is
+    incomplete (a partial, blocks missing, no completion record) or mixed (layers of
+    different runs): scoring it would report a result that looks right and is not.
+    """
     if not isinstance(source, str | Path):
         return None
+    from tilesegment.errors import IncompleteOutputError
     from tilesegment.write import read_output_meta
+    from tilesegment.write.verify import output_problems
 
     try:
-        return read_output_meta(source)
+        meta = read_output_meta(source)
+    except IncompleteOutputError:
+        raise
     except Exception:  # not one of ours: plain GeoTIFF/TIFF/Zarr masks are fine too
         return None
+    problems = output_problems(meta)
+    if problems:
+        raise IncompleteOutputError(f"refusing to score {source}: not a complete tilesegment "
+                                    f"output: {'; '.join(problems)}")
+    return meta
 
 
 def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, meta,

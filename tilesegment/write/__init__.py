@@ -2,10 +2,13 @@
 written block by block, safely.
 
 ``create_output(path, meta)`` picks the kind from the extension (``.zarr`` → Zarr v3
-directory, ``.tif``/``.tiff`` → GeoTIFF), refuses an existing output unless ``overwrite``,
-and returns an :class:`Output`. Tasks call ``write_block`` (from any thread or process:
-outputs pickle); the caller then calls ``finalize()`` (the output appears under its final
-name in one rename) or ``abort()`` (temporary files removed, the old output intact).
+directory, ``.tif``/``.tiff`` → GeoTIFF), applies the overwrite policy of
+:mod:`tilesegment.write.guard` (an input, or anything that is not a tilesegment output, is
+never replaced; an existing output only with ``overwrite``) and returns an
+:class:`Output`. Tasks call ``write_block`` (from any thread or process: outputs pickle);
+the caller then calls ``finalize()`` (the output is verified, its completion record
+written last, and it appears under its final name as one unit) or ``abort()`` (temporary
+files removed, the old output intact).
 
 zarr and rasterio are imported only when an output of that kind is made or read.
 """
@@ -14,11 +17,12 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tilesegment.errors import InputError, OutputError
-from tilesegment.write import atomic
+from tilesegment.write import atomic, guard
 from tilesegment.write.base import Output
 from tilesegment.write.meta import OutputMeta, output_layers
 
@@ -41,15 +45,23 @@ def output_kind(path: str | Path) -> str:
 
 
 def create_output(
-    path: str | Path, meta: OutputMeta, *, overwrite: bool = False, cog: bool = False
+    path: str | Path,
+    meta: OutputMeta,
+    *,
+    overwrite: bool = False,
+    cog: bool = False,
+    inputs: Iterable[str | Path] = (),
 ) -> Output:
     """Start an output at ``path`` (kind from the extension) for a mask described by ``meta``.
 
-    Raises :class:`OutputExistsError` when something is at ``path`` (or, for a GeoTIFF, at
-    its probabilities or disagreement sibling) and not ``overwrite``, before anything is
-    written; with ``overwrite`` the old output is replaced only by ``finalize``. ``cog``
-    (GeoTIFF only) makes Cloud-Optimized GeoTIFFs with overviews. The parent directory is
-    created if needed.
+    Before anything is written: :class:`UnsafeOutputError` when ``path`` (or a GeoTIFF's
+    probabilities or disagreement sibling) is, contains or lies inside one of ``inputs``
+    (the files the run reads), or holds something that is not a tilesegment output
+    (whatever ``overwrite`` says); :class:`OutputExistsError` when an output is there and not
+    ``overwrite``. With ``overwrite`` the old output is replaced only by ``finalize``, after
+    the new one is verified. What a killed earlier run left half-published at ``path`` is
+    first completed (:func:`~tilesegment.write.atomic.recover`). ``cog`` (GeoTIFF only)
+    makes Cloud-Optimized GeoTIFFs with overviews. The parent directory is created if needed.
     """
     final = Path(path).expanduser().absolute()
     kind = output_kind(final)
@@ -64,8 +76,17 @@ def create_output(
         from tilesegment.write.geotiff_output import GeoTiffOutput
 
         output = GeoTiffOutput(final, meta, overwrite=overwrite, cog=cog)
-    if not overwrite:
-        atomic.refuse_existing(output.final_paths)
+    sources = [Path(p).expanduser().absolute() for p in inputs]
+    for final_path in output.final_paths:
+        guard.check_inputs(final_path, sources)
+    try:
+        recovered = atomic.recover(final)
+    except OSError as exc:
+        raise OutputError(f"cannot recover the interrupted output at {final}: {exc}") from exc
+    for note in recovered:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    for final_path in output.final_paths:
+        guard.check_replaceable(final_path, kind, overwrite=overwrite)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         output._create()
@@ -92,10 +113,11 @@ def read_output_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not atomic.exists(path):
         raise InputError(f"{path} does not exist")
-    try:
-        kind = output_kind(path)
-    except OutputError as exc:
-        raise InputError(str(exc)) from None
+    # the kind from what is there: a hidden partial has no .zarr/.tif extension
+    kind = "zarr" if path.is_dir() else "geotiff"
+    if kind == "zarr" and path.name in guard.ZARR_LAYERS and guard.is_zarr_output(
+            path.parent):
+        return read_output_meta(path.parent)  # a layer array of a Zarr output
     if kind == "zarr":
         import zarr
 
@@ -124,7 +146,26 @@ def read_output_meta(path: str | Path) -> dict[str, Any]:
         raise InputError(f"cannot read {path}: {exc}") from exc
     if TAG_ATTRS not in tags:
         raise InputError(f"{path} is not a tilesegment GeoTIFF output (no {TAG_ATTRS} tag)")
-    attrs = json.loads(tags[TAG_ATTRS])
+    try:
+        attrs = json.loads(tags[TAG_ATTRS])
+    except ValueError as exc:
+        raise InputError(f"{path}: its {TAG_ATTRS} tag is not JSON ({exc})") from None
+    layer = tags.get("TILESEGMENT_LAYER", "mask")
+    record_in = (attrs.get("completion") or {}).get("record_in")
+    if layer != "mask" and record_in:  # a sibling layer: the set is described by its mask
+        from tilesegment.errors import IncompleteOutputError
+
+        mask = path.with_name(str(record_in))
+        if not mask.is_file():
+            raise IncompleteOutputError(f"{path} is the {layer} layer of {mask}, which is "
+                                        "missing")
+        meta = read_output_meta(mask)
+        if meta.get("run_id") != attrs.get("run_id") or Path(
+                meta["layer_paths"].get(layer, "")).name != path.name:
+            raise IncompleteOutputError(
+                f"{path} is a {layer} layer of run {attrs.get('run_id')}, not of the output "
+                f"{mask} beside it (run {meta.get('run_id')}): a partial or mixed set")
+        return meta
     layers = output_layers(attrs)
     paths = {
         layer: str(path if layer == "mask" else sibling_path(path, layer)) for layer in layers

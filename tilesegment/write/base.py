@@ -8,6 +8,7 @@ once, by whoever created the output.
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -117,6 +118,8 @@ class Output(ABC):
         self.meta = meta
         self.overwrite = overwrite
         self.token = atomic.new_token()
+        self.run_id = secrets.token_hex(8)
+        """Names this run in every layer it writes and in its completion record."""
         self._state = OPEN
 
     # -- what subclasses provide -----------------------------------------------------------
@@ -189,7 +192,11 @@ class Output(ABC):
         self._finalize()
         self._state = FINALIZED
         for final in self.final_paths:
-            atomic.remove_partials(final, self.token)
+            try:
+                atomic.remove_partials(final, self.token)
+            except OSError as exc:  # the output is published: only cleanup is left
+                warnings.warn(f"could not remove a temporary file of {final}: {exc}",
+                              RuntimeWarning, stacklevel=2)
         return self.path
 
     def abort(self) -> None:

@@ -7,22 +7,35 @@ renames it to the final name and removes the scratch. With ``save_probabilities`
 ``<stem>.probabilities<suffix>`` (K float32 bands, same georeference) is written the same
 way, and with ``save_disagreement`` a sibling ``<stem>.disagreement<suffix>`` (one uint8
 band: 1 where overlapping tiles disagree, 0 where they agree, nodata 255). Siblings are
-published before the mask, so a visible mask means the set is complete; when publishing
-fails part-way, the siblings this run had just made appear are removed again.
+written and verified before the mask.
+
+Every layer carries the run's ``run_id`` in its ``TILESEGMENT`` tag. The mask's tag holds
+the completion record: the run id, the blocks written, and each sibling's file name and
+size. It is written with ``complete: false``; only once the mask file is verified (every
+TIFF block present, every IFD readable, overviews included) is that flag flipped in place
+(the same number of bytes, so the TIFF's layout does not move). The set is then published
+as one unit by :func:`~tilesegment.write.atomic.publish_set` (old files kept as hard-link
+backups until every rename is done; rolled back on failure; a journal lets the next run
+finish a publication a killed run left half-done). Readers refuse a set whose layers
+disagree with the record.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tilesegment.errors import OutputError
 from tilesegment.write import atomic
 from tilesegment.write.base import Output
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs
 from tilesegment.write.transcode import Layer, json_tag, parse_crs, write_geotiff
+from tilesegment.write.verify import verify_tiff
 from tilesegment.write.zarr_output import BlockStore
 
 TAG_ATTRS = "TILESEGMENT"
@@ -42,6 +55,49 @@ def probabilities_path(path: Path) -> Path:
 def disagreement_path(path: Path) -> Path:
     """``<dir>/<stem>.disagreement<suffix>`` next to the mask GeoTIFF ``path``."""
     return sibling_path(path, "disagreement")
+
+
+def mark_tiff_complete(path: Path, run_id: str) -> None:
+    """Flip ``"complete":false`` to ``"complete":true `` in the completion record of the
+    mask GeoTIFF at ``path``, in place (same length, inside its GDAL metadata tag), then
+    check the file reads back complete. OutputError if the record is not found once."""
+    import rasterio
+    import tifffile
+
+    plain = (f'"complete":false,"run_id":"{run_id}"', f'"complete":true ,"run_id":"{run_id}"')
+    # as GDAL stores it: the JSON inside XML, its quotes escaped once or twice
+    forms = [tuple(x.replace('"', quote) for x in plain)
+             for quote in ('"', "&quot;", "&amp;quot;")]
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages[0].tags.get(42112)  # GDAL_METADATA
+            if tag is None:
+                raise OutputError(f"cannot complete {path}: no GDAL metadata tag")
+            start, length = tag.valueoffset, tag.count
+        with open(path, "r+b") as fh:
+            fh.seek(start)
+            raw = fh.read(length)
+            for old, new in forms:
+                if raw.count(old.encode()) == 1:
+                    fh.seek(start + raw.index(old.encode()))
+                    fh.write(new.encode())
+                    break
+            else:
+                raise OutputError(f"cannot complete {path}: its completion record is not "
+                                  "where it was written")
+            fh.flush()
+            os.fsync(fh.fileno())
+        with warnings.catch_warnings():  # a slide mask has no geotransform: expected
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+        with ds:
+            record = json.loads(ds.tags()[TAG_ATTRS])["completion"]
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"cannot complete {path}: {exc}") from exc
+    if record.get("complete") is not True or record.get("run_id") != run_id:
+        raise OutputError(f"cannot complete {path}: the completion record reads {record}")
 
 
 class GeoTiffOutput(Output):
@@ -73,46 +129,52 @@ class GeoTiffOutput(Output):
         parse_crs(self.meta.georef.crs_wkt)  # a CRS GDAL rejects fails now, not at the end
         attrs = meta_to_attrs(self.meta, kind=self.kind)
         attrs["cog"] = self.cog
+        attrs["run_id"] = self.run_id
         self.store = BlockStore.create(self.store.root, self.meta, attrs)
 
     def _finalize(self) -> None:
-        attrs = self.store.mark_complete()
-        plan = [(self._mask_layer(attrs), self.path)]
-        if self.probabilities_path is not None:
-            plan.append((self._probabilities_layer(attrs), self.probabilities_path))
-        if self.disagreement_path is not None:
-            plan.append((self._disagreement_layer(attrs), self.disagreement_path))
+        written = self.store.verified_blocks()
+        base = self.store.attrs()
+        completion = self.store.completion(self.run_id, written)
+        completion["complete"] = False  # flipped in place once the mask file is verified
+        siblings = [(name, final) for name, final in (
+            ("probabilities", self.probabilities_path),
+            ("disagreement", self.disagreement_path)) if final is not None]
         staged: list[tuple[Path, Path]] = []
-        appeared: list[Path] = []  # siblings published where nothing was before
         try:
-            for layer, final in plan:
+            records: dict[str, dict[str, Any]] = {}
+            for name, final in siblings:
                 tmp = atomic.partial_path(final, self.token, ".tif")
                 staged.append((tmp, final))
-                write_geotiff(
-                    layer,
-                    tmp,
-                    shape=self.meta.shape,
-                    block_shape=self.meta.block_shape,
-                    georef=self.meta.georef,
-                    cog=self.cog,
-                )
-            for tmp, final in reversed(staged):  # the mask last
-                fresh = not atomic.exists(final)
-                atomic.publish(tmp, final, overwrite=self.overwrite)
-                if fresh:
-                    appeared.append(final)
+                attrs = {**base, "completion": {"complete": None, "run_id": self.run_id,
+                                                "record_in": self.path.name}}
+                layer = (self._probabilities_layer(attrs) if name == "probabilities"
+                         else self._disagreement_layer(attrs))
+                self._write_layer(layer, tmp)
+                records[name] = {"file": final.name, "bytes": tmp.stat().st_size}
+            tmp = atomic.partial_path(self.path, self.token, ".tif")
+            staged.append((tmp, self.path))
+            completion["layers"] = records
+            self._write_layer(self._mask_layer({**base, "completion": completion}), tmp)
+            mark_tiff_complete(tmp, self.run_id)
+            atomic.publish_set(staged, overwrite=self.overwrite, token=self.token,
+                               run_id=self.run_id)
         except BaseException:
-            # Keep the scratch store (finalize may be retried); drop half-written TIFFs, and
-            # the siblings already published if the mask could not be: no partial set.
+            # Keep the scratch store (finalize may be retried); drop the new TIFFs. The
+            # set at the final paths is the old one (publish_set rolled it back).
             for tmp, _ in staged:
                 atomic.remove_prefixed(tmp)
-            for final in appeared:
-                try:
-                    atomic.remove(final)
-                except OSError as exc:
-                    warnings.warn(f"could not remove {final}: {exc}", RuntimeWarning,
-                                  stacklevel=2)
             raise
+
+    def _write_layer(self, layer: Layer, tmp: Path) -> None:
+        """Write ``layer`` to the hidden ``tmp``, then check every block of it is there."""
+        write_geotiff(layer, tmp, shape=self.meta.shape, block_shape=self.meta.block_shape,
+                      georef=self.meta.georef, cog=self.cog)
+        verify_tiff(tmp)
+        try:
+            atomic.fsync_path(tmp)
+        except OSError as exc:
+            raise OutputError(f"cannot write {tmp}: {exc.strerror or exc}") from None
 
     def _tags(self, attrs: dict[str, Any], layer: str) -> dict[str, str]:
         return {

@@ -17,7 +17,9 @@ import numpy as np
 from tilesegment.read.base import Georef
 
 FORMAT_NAME = "tilesegment-output"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: every layer carries the ``run_id``; the completion record names the blocks written
+and (GeoTIFF) each sibling layer's file and size."""
 
 MAX_CLASSES_UINT8 = 255
 """Class ids ``0..254`` fit a uint8 mask with 255 left free as nodata."""

@@ -7,8 +7,14 @@ made from that file by GDAL's COG driver (overviews with ``MODE`` for class mask
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
+import re
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, NotGeoreferencedWarning
@@ -191,6 +198,76 @@ def _to_cog(layer: Layer, src: Path, dst: Path, *, shape: tuple[int, int], tile:
     rasterio.shutil.copy(str(src), str(dst), driver="COG", **options)
 
 
+_LIBRARY_ERROR = re.compile(r"error|no space|quota|fail|cannot|can't", re.IGNORECASE)
+
+
+class _GdalErrors(logging.Filter):
+    """Collects the errors GDAL reports in this thread: rasterio logs some failures (e.g.
+    libtiff's write errors) at INFO level without raising. As a filter on rasterio's
+    loggers it sees records before handlers do, and lets through only what the loggers'
+    own levels would have let through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+        self.levels: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.thread == self.thread and (
+                "signalled an error" in text or record.levelno >= logging.ERROR):
+            self.messages.append(text)
+        return record.levelno >= self.levels.get(record.name, logging.WARNING)
+
+    @contextlib.contextmanager
+    def watching(self, names: tuple[str, ...]) -> Iterator[None]:
+        loggers = [logging.getLogger(name) for name in names]
+        saved = [(logger, logger.level) for logger in loggers]
+        for logger in loggers:
+            self.levels[logger.name] = logger.getEffectiveLevel()
+            logger.addFilter(self)
+            logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+        try:
+            yield
+        finally:
+            for logger, level in saved:
+                logger.removeFilter(self)
+                logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _raw_stderr_captured() -> Iterator[list[str]]:
+    """Route what C libraries print straight to file descriptor 2 (libtiff's
+    ``_tiffWriteProc: No space left on device.``) into a list instead of the terminal;
+    it is printed afterwards unless an error replaces it."""
+    lines: list[str] = []
+    try:
+        saved = os.dup(2)
+        read_end, write_end = os.pipe()
+    except OSError:
+        yield lines
+        return
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while data := os.read(read_end, 65536):
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield lines
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        reader.join(5)
+        os.close(read_end)
+        lines.extend(b"".join(chunks).decode(errors="replace").splitlines())
+
+
 def write_geotiff(
     layer: Layer,
     dst: Path,
@@ -201,7 +278,35 @@ def write_geotiff(
     cog: bool,
 ) -> None:
     """Write ``layer`` (``(bands, H, W)`` read window by window) as a GeoTIFF at ``dst``;
-    with ``cog`` as a Cloud-Optimized GeoTIFF (a tiled stage file next to ``dst`` first)."""
+    with ``cog`` as a Cloud-Optimized GeoTIFF (a tiled stage file next to ``dst`` first).
+
+    Any error GDAL or libtiff reports, raised or only logged, raises :class:`OutputError`
+    (one line, naming ``dst``).
+    """
+    collector = _GdalErrors()
+    failure: BaseException | None = None
+    with collector.watching(("rasterio._err", "rasterio._env")), \
+            _raw_stderr_captured() as raw:
+        try:
+            _write_any(layer, dst, shape=shape, block_shape=block_shape, georef=georef,
+                       cog=cog)
+        except Exception as exc:  # GDAL's CPLE_* errors share no base class
+            failure = exc
+    printed = [line for line in raw if line.strip()]
+    # libtiff may only print a write error (GDAL neither raises nor logs it)
+    errors = [line for line in printed if _LIBRARY_ERROR.search(line)]
+    final = atomic.final_of(dst)
+    if failure is not None or collector.messages or errors:
+        if isinstance(failure, OutputError):
+            raise failure
+        detail = errors[:1] or collector.messages[:1] or [str(failure)]
+        raise OutputError(f"cannot write {final}: {' '.join(detail[0].split())}") from failure
+    for line in printed:  # nothing failed: what the libraries printed goes where it went
+        print(line, file=sys.stderr)
+
+
+def _write_any(layer: Layer, dst: Path, *, shape: tuple[int, int],
+               block_shape: tuple[int, int], georef: Georef, cog: bool) -> None:
     tile = tiff_tile_size(shape)
     if not cog:
         _write_tiled(layer, dst, shape=shape, block_shape=block_shape, georef=georef, tile=tile)

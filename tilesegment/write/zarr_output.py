@@ -14,7 +14,10 @@ Layout of a store (a Zarr v3 group):
   ``layers`` lists the arrays above that the group holds).
 
 Every chunk a task writes is stored, even when it equals the fill value
-(``write_empty_chunks``), so a finished output has one chunk file per block.
+(``write_empty_chunks``), so a finished output has one chunk file per block written.
+``finalize`` checks that every block with a mask chunk has its chunk in every layer, then
+writes the completion record (``complete``, the ``run_id``, the blocks written and those
+left unwritten), then publishes: the record is never true before the store is.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from tilesegment.errors import OutputError
-from tilesegment.write import atomic
+from tilesegment.write import atomic, verify
 from tilesegment.write.base import Output
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs
 
@@ -152,11 +155,17 @@ class BlockStore:
                 raise OutputError(f"{self.root} is gone: the output was finalized or aborted")
             arrays = self.arrays()
             h, w = mask.shape
-            if arrays.probabilities is not None and probs is not None:
-                arrays.probabilities[:, row0 : row0 + h, col0 : col0 + w] = probs
-            if arrays.disagreement is not None and disagreement is not None:
-                arrays.disagreement[row0 : row0 + h, col0 : col0 + w] = disagreement
-            arrays.mask[row0 : row0 + h, col0 : col0 + w] = mask
+            try:
+                if arrays.probabilities is not None and probs is not None:
+                    arrays.probabilities[:, row0 : row0 + h, col0 : col0 + w] = probs
+                if arrays.disagreement is not None and disagreement is not None:
+                    arrays.disagreement[row0 : row0 + h, col0 : col0 + w] = disagreement
+                arrays.mask[row0 : row0 + h, col0 : col0 + w] = mask
+            except OSError as exc:
+                if isinstance(exc, OutputError):
+                    raise
+                raise OutputError(f"cannot write {atomic.final_of(self.root)} (block at row "
+                                  f"{row0}, col {col0}): {exc.strerror or exc}") from None
         finally:
             with self._writes:
                 self._active -= 1
@@ -179,21 +188,52 @@ class BlockStore:
         chunk_dir = self.root / MASK / "c"
         return sum(len(files) for _, _, files in os.walk(chunk_dir))
 
-    def completion(self) -> dict[str, Any]:
-        """The ``completion`` attribute of a finished output."""
+    def verified_blocks(self) -> set[tuple[int, int]]:
+        """The ``(i, j)`` blocks written, after checking each has its chunk in every layer
+        (the mask chunk goes last); OutputError naming what is missing otherwise."""
+        written = verify.zarr_written_blocks(self.root)
+        others = [name for name in self.meta.layers if name != MASK]
+        problems = verify.zarr_chunk_problems(self.root, others, self.meta.block_grid,
+                                              written)
+        if problems:
+            raise OutputError(f"the block store {self.root} is damaged: {'; '.join(problems)}")
+        return written
+
+    def completion(self, run_id: str | None = None,
+                   written: set[tuple[int, int]] | None = None) -> dict[str, Any]:
+        """The ``completion`` record of a finished, verified output (``complete`` first,
+        then ``run_id``: a GeoTIFF flips that flag in place)."""
+        if written is None:
+            written = verify.zarr_written_blocks(self.root)
+        grid = self.meta.block_grid
         return {
             "complete": True,
-            "blocks_total": self.meta.block_grid[0] * self.meta.block_grid[1],
-            "blocks_written": self.blocks_written(),
+            "run_id": run_id,
+            "blocks_total": grid[0] * grid[1],
+            "blocks_written": len(written),
+            "blocks_missing": verify.missing_blocks(grid, written),
             "finalized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
 
-    def mark_complete(self) -> dict[str, Any]:
-        """Record the completion in the group attributes; return the full attributes."""
-        group = zarr.open_group(str(self.root), mode="r+")
-        attrs = dict(group.attrs[ATTRS_KEY])
-        attrs["completion"] = self.completion()
-        group.attrs[ATTRS_KEY] = attrs
+    def attrs(self) -> dict[str, Any]:
+        """The ``tilesegment`` attribute of the group as created."""
+        return dict(zarr.open_group(str(self.root), mode="r").attrs[ATTRS_KEY])
+
+    def mark_complete(self, run_id: str | None = None) -> dict[str, Any]:
+        """Verify the store and record its completion in the group attributes (the last
+        write); return the full attributes."""
+        written = self.verified_blocks()
+        try:
+            group = zarr.open_group(str(self.root), mode="r+")
+            attrs = dict(group.attrs[ATTRS_KEY])
+            attrs["completion"] = self.completion(run_id, written)
+            group.attrs[ATTRS_KEY] = attrs
+            atomic.fsync_path(self.root / "zarr.json")
+        except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
+            raise OutputError(f"cannot complete {atomic.final_of(self.root)}: "
+                              f"{exc.strerror or exc}") from None
         return attrs
 
     def __getstate__(self) -> dict[str, Any]:
@@ -222,10 +262,10 @@ class ZarrOutput(Output):
         return (self.path,)
 
     def _create(self) -> None:
-        self.store = BlockStore.create(
-            self.store.root, self.meta, meta_to_attrs(self.meta, kind=self.kind)
-        )
+        attrs = meta_to_attrs(self.meta, kind=self.kind)
+        attrs["run_id"] = self.run_id
+        self.store = BlockStore.create(self.store.root, self.meta, attrs)
 
     def _finalize(self) -> None:
-        self.store.mark_complete()
+        self.store.mark_complete(self.run_id)
         atomic.publish(self.store.root, self.path, overwrite=self.overwrite)
