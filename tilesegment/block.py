@@ -69,7 +69,9 @@ class BlockResult:
 def blank_faults(result: BlockResult) -> BlockResult:
     """Turn pixels with any non-finite logit into nodata: ``valid`` False, logits 0 (so the
     argmax and softmax see finite numbers), and record the valid ones in ``faults``."""
-    finite = np.isfinite(result.logits).all(axis=0)
+    finite = np.isfinite(result.logits[0])
+    for k in range(1, len(result.logits)):  # class by class: no (K, h, w) temporary
+        finite &= np.isfinite(result.logits[k])
     faults = ~finite & result.valid
     if not finite.all():
         result.logits[:, ~finite] = 0.0
