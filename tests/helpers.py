@@ -54,3 +54,40 @@ def whole_image_logits(module: nn.Module, image: np.ndarray, pad: int, mode: str
 
 def padded_window(image: np.ndarray, window, mode: str) -> np.ndarray:
     return read_canvas(lambda w: image[:, w[0]:w[1], w[2]:w[3]], image.shape[1:], window, mode)
+
+
+def tiff_claiming(path, width: int = 10**6, height: int = 10**6, *, tiled: bool = False,
+                  geo: bool = False, compression: int = 1, data_bytes: int = 16):
+    """Write by hand a ~150–200-byte little-endian TIFF whose tags declare a ``width`` ×
+    ``height`` 8-bit image in ONE strip (or one 256 × 256 tile) of ``data_bytes`` bytes.
+
+    ``geo`` adds a ModelPixelScale tag, so it is read as a GeoTIFF (rasterio/GDAL path);
+    without it, as a slide (tifffile path). ``compression``: the TIFF code (1 none, 8 DEFLATE).
+    """
+    import struct
+    from pathlib import Path
+
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8),
+               (259, 3, 1, compression), (262, 3, 1, 1), (277, 3, 1, 1)]
+    if tiled:
+        entries += [(322, 3, 1, 256), (323, 3, 1, 256), (324, 4, 1, 8), (325, 4, 1, data_bytes)]
+    else:
+        entries += [(273, 4, 1, 8), (278, 4, 1, height), (279, 4, 1, data_bytes)]
+    if geo:
+        entries.append((33550, 12, 3, None))  # ModelPixelScale: three doubles, after the IFD
+    entries.sort(key=lambda e: e[0])
+    ifd_offset = 8 + data_bytes
+    extra_offset = ifd_offset + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if value is None:
+            ifd += struct.pack("<HHII", tag, kind, count, extra_offset)
+        elif kind == 3:
+            ifd += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            ifd += struct.pack("<HHII", tag, kind, count, value)
+    ifd += struct.pack("<I", 0)
+    extra = struct.pack("<3d", 1.0, 1.0, 0.0) if geo else b""
+    raw = b"II*\x00" + struct.pack("<I", ifd_offset) + bytes(data_bytes) + ifd + extra
+    Path(path).write_bytes(raw)
+    return Path(path)

@@ -3,6 +3,12 @@
 A :class:`BlockJob` is everything a task needs, small and picklable (the raster carries a
 path, the model a recipe). :func:`segment_block` returns the block's logits;
 :func:`write_block` also writes the block to the output and returns only counts.
+
+Non-finite values never become a class. Input values that are ±inf (or beyond float32's
+range) are missing, like NaN and nodata (see :func:`~tilesegment.normalize.missing_values`),
+and counted. A pixel whose logits are not all finite although its input was valid (a model
+fault) becomes nodata in the mask, NaN in probabilities and logits, and is counted: the run
+reports both counts (``RunSummary`` and one warning each), it does not fail.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import numpy as np
 
 from tilesegment.errors import portable_errors
 from tilesegment.grid import TileSpec, tiles_for_window
-from tilesegment.normalize import missing_values, normalize
+from tilesegment.normalize import missing_values, nonfinite_values, normalize
 from tilesegment.tile import cut_tiles, read_canvas
 from tilesegment.workers import ModelRecipe, get_predictor
 
@@ -40,12 +46,38 @@ class BlockJob:
 
 @dataclass
 class BlockResult:
-    """A block's logits ``float32 (K, h, w)`` and its valid-pixel mask ``bool (h, w)``."""
+    """A block's logits ``float32 (K, h, w)`` and its valid-pixel mask ``bool (h, w)``.
+
+    ``nonfinite`` ``bool (h, w)``: pixels with a ±inf (or beyond-float32) input value.
+    ``faults`` ``bool (h, w)``: valid input pixels whose logits were not all finite; they are
+    no longer ``valid`` and their logits were set to 0 (see :func:`blank_faults`).
+    """
 
     logits: np.ndarray
     valid: np.ndarray
     tiles: int
     disagreement: np.ndarray | None = None
+    nonfinite: np.ndarray | None = None
+    faults: np.ndarray | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Pixels with non-finite input values and with non-finite logits."""
+        return {"nonfinite": 0 if self.nonfinite is None else int(self.nonfinite.sum()),
+                "faults": 0 if self.faults is None else int(self.faults.sum())}
+
+
+def blank_faults(result: BlockResult) -> BlockResult:
+    """Turn pixels with any non-finite logit into nodata: ``valid`` False, logits 0 (so the
+    argmax and softmax see finite numbers), and record the valid ones in ``faults``."""
+    finite = np.isfinite(result.logits[0])
+    for k in range(1, len(result.logits)):  # class by class: no (K, h, w) temporary
+        finite &= np.isfinite(result.logits[k])
+    faults = ~finite & result.valid
+    if not finite.all():
+        result.logits[:, ~finite] = 0.0
+        result.valid = result.valid & finite
+    result.faults = faults if result.faults is None else result.faults | faults
+    return result
 
 
 def segment_block(job: BlockJob, window: Window) -> BlockResult:
@@ -65,14 +97,16 @@ def crf_refined_block(job: BlockJob, window: Window) -> BlockResult:
     reach = crf_halo(job.crf)
     r0, r1, c0, c1 = window
     wide = (max(0, r0 - reach), min(h, r1 + reach), max(0, c0 - reach), min(w, c1 + reach))
-    big = stitch_block(job, wide)
+    big = stitch_block(job, wide)  # model faults blanked: the CRF never refines them
     image = job.raster.read(wide)
     margins = (r0 - wide[0], wide[1] - r1, c0 - wide[2], wide[3] - c1)
     q = crf_block(softmax(big.logits), image, margins, job.crf, origin=(wide[0], wide[2]),
                   image_range=job.crf_range)
     keep = (slice(margins[0], margins[0] + r1 - r0), slice(margins[2], margins[2] + c1 - c0))
     disagreement = None if big.disagreement is None else big.disagreement[keep]
-    return BlockResult(np.log(np.maximum(q, 1e-30)), big.valid[keep], big.tiles, disagreement)
+    result = BlockResult(np.log(np.maximum(q, 1e-30)), big.valid[keep], big.tiles, disagreement,
+                         nonfinite=big.nonfinite[keep], faults=big.faults[keep])
+    return blank_faults(result)
 
 
 def stitch_block(job: BlockJob, window: Window) -> BlockResult:
@@ -90,6 +124,9 @@ def stitch_block(job: BlockJob, window: Window) -> BlockResult:
                       job.pad_value)
     missing = missing_values(raw, raster.nodata)
     ok = ~missing.all(axis=0)
+    r0, r1, c0, c1 = window
+    inside = (slice(None), slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
+    nonfinite = nonfinite_values(raw[inside], raster.nodata).any(axis=0)
     canvas = normalize(raw, job.mean, job.std)
     canvas[missing] = 0.0  # a missing value becomes its band's mean, not a wild raw value
     del raw, missing
@@ -102,9 +139,9 @@ def stitch_block(job: BlockJob, window: Window) -> BlockResult:
         stack = cut_tiles(canvas, (top, left), [(t.row, t.col) for t in group], spec.tile)
         for tile, out in zip(group, predictor(stack), strict=True):
             stitcher.add(tile, out)
-    r0, r1, c0, c1 = window
-    valid = ok[r0 - top:r1 - top, c0 - left:c1 - left]
-    return BlockResult(stitcher.result(), valid, len(tiles), stitcher.disagreement())
+    result = BlockResult(stitcher.result(), ok[inside[1:]], len(tiles), stitcher.disagreement(),
+                         nonfinite=nonfinite)
+    return blank_faults(result)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -116,7 +153,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def to_mask(result: BlockResult, dtype: np.dtype, nodata: int) -> np.ndarray:
-    """Class ids ``(h, w)`` by argmax (ties → the lower id); nodata where input was nodata."""
+    """Class ids ``(h, w)`` by argmax (ties → the lower id); nodata where input was nodata
+    and wherever the best logit is NaN or infinite (never a class by default)."""
     logits = result.logits
     # A loop over classes is ~2× faster than argmax over axis 0 of (K, h, w); strict ">"
     # keeps numpy's rule that ties go to the lower id.
@@ -125,8 +163,9 @@ def to_mask(result: BlockResult, dtype: np.dtype, nodata: int) -> np.ndarray:
     for k in range(1, len(logits)):
         better = logits[k] > best
         mask[better] = k
-        np.maximum(best, logits[k], out=best)
+        np.maximum(best, logits[k], out=best)  # propagates NaN
     mask[~result.valid] = nodata
+    mask[~np.isfinite(best)] = nodata
     return mask
 
 
@@ -164,23 +203,26 @@ def agreeing_probabilities(probs: np.ndarray, mask: np.ndarray, valid: np.ndarra
 
 
 @portable_errors
-def block_array(job: BlockJob, window: Window, returns: str, dtype: np.dtype) -> np.ndarray:
+def block_array(job: BlockJob, window: Window, returns: str,
+                dtype: np.dtype) -> tuple[np.ndarray, dict[str, int]]:
     """The block as ``returns`` asks: ``mask`` ``(h, w)``, ``probabilities``/``logits``
     ``float32 (K, h, w)`` (NaN at nodata pixels), ``disagreement`` ``uint8 (h, w)`` (1 where
-    overlapping tiles disagree; all 0 under ``crop``)."""
+    overlapping tiles disagree; all 0 under ``crop``); with :meth:`BlockResult.counts`."""
     result = segment_block(job, window)
+    counts = result.counts()
     if returns == "mask":
-        return to_mask(result, dtype, job.mask_nodata)
+        return to_mask(result, dtype, job.mask_nodata), counts
     if returns == "disagreement":
         d = result.disagreement
-        return np.zeros(result.valid.shape, np.uint8) if d is None else d.astype(np.uint8)
+        array = np.zeros(result.valid.shape, np.uint8) if d is None else d.astype(np.uint8)
+        return array, counts
     if returns == "probabilities":
         mask = to_mask(result, dtype, job.mask_nodata)
         values = agreeing_probabilities(softmax(result.logits), mask, result.valid, np.float32)
     else:
         values = result.logits
     values[:, ~result.valid] = np.nan
-    return values
+    return values, counts
 
 
 @portable_errors
@@ -202,4 +244,4 @@ def write_block(job: BlockJob, window: Window, with_probabilities: bool,
     k = job.recipe.num_classes
     counts = np.bincount(mask[result.valid].ravel(), minlength=k)[:k]
     return {"counts": counts.astype(np.int64), "nodata": int((~result.valid).sum()),
-            "tiles": result.tiles}
+            "tiles": result.tiles, **result.counts()}

@@ -38,12 +38,27 @@ class OutputError(TilesegmentError, OSError):
     """The output cannot be written."""
 
 
+class SettingError(TilesegmentError, ValueError):
+    """A setting out of its legal range or of the wrong kind (``returns``, ``batch_size``,
+    ``normalization``, ``device``, ``pad_value``...), refused before any pixel is read."""
+
+
+class LimitError(TilesegmentError, ValueError):
+    """A run that exceeds a resource limit: memory, the number of block tasks, the number
+    of classes a mask can hold. Checked before any pixel is read or any model is built."""
+
+
 class SeamWarning(UserWarning):
     """A halo below the model's receptive field, or cores off its output-stride grid."""
 
 
 class RandomWeightsWarning(UserWarning):
     """A model was built without weights: its output is meaningless except for testing."""
+
+
+class NonFiniteWarning(UserWarning):
+    """Input pixels holding ±inf (or values beyond float32's range), or model logits that
+    are NaN/inf: those pixels became nodata in the mask (counted in the message)."""
 
 
 def portable_errors(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,8 +2,9 @@
 
 ``raster_statistics`` computes per-band mean and standard deviation out of core: one Dask
 task per block returns ``(count, mean, M2)`` per band, merged in a fixed order (Chan et al.'s
-parallel update), so the result does not depend on scheduling. Each band's nodata values
-and NaN are left out of that band's statistics.
+parallel update), so the result does not depend on scheduling. Each band's missing values
+(nodata, NaN, ±inf, and float64 values beyond float32's range, which a cast to float32 would
+turn into inf) are left out of that band's statistics.
 """
 
 from __future__ import annotations
@@ -24,14 +25,44 @@ class BandStats:
     std: np.ndarray
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def missing_values(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``bool (C, h, w)``: band values equal to nodata, or NaN."""
-    bad = np.zeros(data.shape, dtype=bool)
+    """``bool (C, h, w)``: band values equal to nodata, NaN, ±inf, or (float64 and wider)
+    beyond float32's range: every value the model input cannot hold as a finite float32."""
+    if np.issubdtype(data.dtype, np.floating):
+        if data.dtype.itemsize > 4:
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.abs(data) <= FLOAT32_MAX)  # NaN compares False: missing too
+        else:
+            bad = ~np.isfinite(data)
+    else:
+        bad = np.zeros(data.shape, dtype=bool)
     if nodata is not None and not np.isnan(nodata):
         bad |= data == nodata
-    if np.issubdtype(data.dtype, np.floating):
-        bad |= np.isnan(data)
     return bad
+
+
+def nonfinite_values(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``bool (C, h, w)``: ±inf, or (float64 and wider) finite values beyond float32's range,
+    that are not the declared nodata value. NaN is not counted here: it is the usual nodata
+    of float rasters."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return np.zeros(data.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        bad = np.abs(data) > FLOAT32_MAX if data.dtype.itemsize > 4 else np.isinf(data)
+    if nodata is not None and not np.isnan(nodata):
+        bad &= data != nodata
+    return bad
+
+
+def nonfinite_pixels(data: np.ndarray, nodata: float | None) -> int:
+    """Pixels of ``data`` ``(C, h, w)`` with at least one band value that
+    :func:`nonfinite_values` flags."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return 0
+    return int(nonfinite_values(data, nodata).any(axis=0).sum())
 
 
 def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -80,11 +111,14 @@ def raster_statistics(raster, block: int = 2048, scheduler=None) -> BandStats:
 
 
 def normalize(data: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
-    """``(data - mean) / std`` per band as float32 ``(C, h, w)``; a zero std counts as 1."""
-    out = data.astype(np.float32, copy=True)
+    """``(data - mean) / std`` per band as float32 ``(C, h, w)``; a zero std counts as 1.
+    Values beyond float32's range become ±inf (the caller blanks missing values)."""
+    with np.errstate(over="ignore"):
+        out = data.astype(np.float32, copy=True)
     if mean is None or std is None:
         return out
     safe = np.where(np.asarray(std) > 0, std, 1.0)
-    out -= np.asarray(mean, np.float32)[:, None, None]
-    out /= np.asarray(safe, np.float32)[:, None, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        out -= np.asarray(mean, np.float32)[:, None, None]
+        out /= np.asarray(safe, np.float32)[:, None, None]
     return out

@@ -1,12 +1,18 @@
 """``segment()``: read → tile → infer → stitch → write, composed over Dask block tasks.
 
-Everything that can be checked is checked before a pixel is read: the raster's metadata,
-the model name and its legal tile sizes, the halo, the output path.
+Everything that can be checked is checked before a pixel is read: the settings, the
+raster's metadata (a TIFF whose file cannot hold its declared size is refused at open), the
+model name and its legal tile sizes, the halo, the number of classes and block tasks, the
+memory a block task needs (:mod:`tilesegment.limits`), the output path. The settings, the
+limits and the tile geometry of registered models and checkpoints are checked before any
+model is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -15,10 +21,27 @@ from typing import Any
 
 import numpy as np
 
+from tilesegment import limits
 from tilesegment.block import BlockJob, block_array, write_block
-from tilesegment.errors import GeometryError, ModelError, RandomWeightsWarning, SeamWarning
+from tilesegment.errors import (
+    GeometryError,
+    ModelError,
+    NonFiniteWarning,
+    RandomWeightsWarning,
+    SeamWarning,
+    SettingError,
+    TilesegmentError,
+)
 from tilesegment.execute import compute
-from tilesegment.grid import TileSpec, default_block, iter_blocks, phase_halo
+from tilesegment.grid import (
+    BLEND_MODES,
+    PAD_MODES,
+    TileSpec,
+    default_block,
+    grid_shape,
+    iter_blocks,
+    phase_halo,
+)
 from tilesegment.models.registry import get_entry
 from tilesegment.models.spec import ModelSpec, Normalization
 from tilesegment.normalize import raster_statistics
@@ -36,7 +59,13 @@ RETURNS = ("mask", "probabilities", "logits", "disagreement")
 
 @dataclass
 class RunSummary:
-    """What a run wrote: the output path, pixel counts per class, tiles run, seconds."""
+    """What a run wrote: the output path, pixel counts per class, tiles run, seconds.
+
+    ``nodata_pixels`` counts every nodata pixel of the mask. Of those,
+    ``nonfinite_logit_pixels`` had valid input but NaN/inf logits (a model fault). Apart,
+    ``nonfinite_input_pixels`` counts pixels with a ±inf (or beyond-float32) input value,
+    treated as missing like NaN.
+    """
 
     output: Path
     shape: tuple[int, int]
@@ -47,6 +76,8 @@ class RunSummary:
     blocks: int
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    nonfinite_input_pixels: int = 0
+    nonfinite_logit_pixels: int = 0
 
 
 def segment(
@@ -102,10 +133,29 @@ def segment(
     whatever ``overwrite`` says.
     """
     started = time.perf_counter()
-    if returns not in RETURNS:
-        raise ValueError(f"returns must be one of {RETURNS}")
+    _check_settings(returns=returns, classes=classes, tile=tile, halo=halo,
+                    pad_mode=pad_mode, pad_value=pad_value, blend=blend,
+                    batch_size=batch_size, block_size=block_size, device=device,
+                    normalization=normalization, save_disagreement=save_disagreement,
+                    workers=workers)
     raster = open_raster(source, level=level, mpp=mpp)
     shape = (raster.height, raster.width)
+    local = scheduler is None or scheduler in ("threads", "synchronous")
+    n_workers = workers or available_cores()
+    budget = _Budget(raster=raster, block_size=block_size, batch_size=batch_size,
+                     device=device, local=local, threads=scheduler in (None, "threads"),
+                     n_workers=n_workers, returns=None if output is not None else returns,
+                     probabilities=save_probabilities, crf=crf)
+    preview = _preview_spec(model, raster.bands, classes)
+    if preview is not None:  # registered name or checkpoint: checked before any build
+        pspec, card_halo = preview
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SeamWarning)  # warned once, below
+            budget.check(pspec, _tile_spec(pspec, tile, halo, pad_mode, blend,
+                                           check_seams=True,
+                                           card_halo=card_halo if tile is None else None))
+    elif tile is not None:  # a module is probed on one tile: that tile must fit
+        budget.check_probe(tile, classes)
     from tilesegment.models.custom import resolve_model
 
     resolved = resolve_model(model, raster.bands, classes, tile=tile, weights=weights)
@@ -113,17 +163,12 @@ def segment(
     card_halo = resolved.halo if tile is None else None  # meant for the card's default tile
     tspec = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=not resolved.probed,
                        card_halo=card_halo)
-    if block_size is not None and block_size < 1:
-        raise GeometryError(f"block size must be positive, got {block_size}")
-    if save_disagreement and blend != "gaussian":
-        raise GeometryError("the disagreement map needs --blend gaussian: under crop every "
-                            "pixel comes from one tile")
+    if preview is None:
+        budget.check(mspec, tspec)
     block = (block_size, block_size) if block_size else default_block(tspec)
     block = (min(block[0], max(shape[0], 1)), min(block[1], max(shape[1], 1)))
     k = mspec.num_classes
     mask_dtype = np.dtype(np.uint8 if k <= 255 else np.uint16)
-    local = scheduler is None or scheduler in ("threads", "synchronous")
-    n_workers = workers or available_cores()
     # A module from a file or function travels to cluster workers as its source (a
     # TorchScript module cannot be pickled); a local run uses the one loaded here.
     ship = resolved.source is not None and not local
@@ -166,8 +211,10 @@ def segment(
                        crf=crf_params, crf_range=crf_range)
         windows = list(iter_blocks(shape, block))
         if target is None:
-            return _to_array(job, windows, shape, k, returns, mask_dtype, scheduler,
-                             n_workers, progress)
+            array, counts = _to_array(job, windows, shape, k, returns, mask_dtype, scheduler,
+                                      n_workers, progress)
+            _warn_nonfinite(raster, counts)
+            return array
         results = _run_writing(job, windows, (save_probabilities, save_disagreement),
                                scheduler, n_workers, progress)
         path = target.finalize()
@@ -178,13 +225,175 @@ def segment(
     finally:
         release(recipe.key)  # this process's copy; cluster workers keep theirs (LRU)
     counts = np.sum([r["counts"] for r in results], axis=0)
+    nonfinite = {name: sum(r[name] for r in results) for name in ("nonfinite", "faults")}
+    _warn_nonfinite(raster, nonfinite)
     return RunSummary(
         output=Path(path), shape=shape, class_names=mspec.class_names, class_counts=counts,
         nodata_pixels=sum(r["nodata"] for r in results),
         tiles=sum(r["tiles"] for r in results), blocks=len(windows),
         seconds=time.perf_counter() - started,
         settings={"tile": tspec.tile, "halo": tspec.halo, "shrink": tspec.shrink,
-                  "block": list(block)})
+                  "block": list(block)},
+        nonfinite_input_pixels=nonfinite["nonfinite"],
+        nonfinite_logit_pixels=nonfinite["faults"])
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_settings(*, returns, classes, tile, halo, pad_mode, pad_value, blend, batch_size,
+                    block_size, device, normalization, save_disagreement, workers) -> None:
+    """Every setting that needs neither the raster nor the model, checked first."""
+    if returns not in RETURNS:
+        raise SettingError(f"returns must be one of {', '.join(RETURNS)}, not {returns!r}")
+    if classes is not None:
+        if not _is_int(classes) or classes < 1:
+            raise SettingError(f"classes must be a positive integer, not {classes!r}")
+        limits.check_classes(int(classes))
+    if tile is not None and (not _is_int(tile) or tile < 1):
+        raise GeometryError(f"tile must be a positive integer, not {tile!r}")
+    if halo is not None and (not _is_int(halo) or halo < 0):
+        raise GeometryError(f"halo must be a non-negative integer, not {halo!r}")
+    if block_size is not None and (not _is_int(block_size) or block_size < 1):
+        raise GeometryError(f"block size must be positive, got {block_size}")
+    if pad_mode not in PAD_MODES:
+        raise GeometryError(f"pad mode {pad_mode!r} unknown; use one of {PAD_MODES}")
+    if blend not in BLEND_MODES:
+        raise GeometryError(f"blend {blend!r} unknown; use one of {BLEND_MODES}")
+    if save_disagreement and blend != "gaussian":
+        raise GeometryError("the disagreement map needs --blend gaussian: under crop every "
+                            "pixel comes from one tile")
+    if not isinstance(pad_value, int | float | np.number) or not math.isfinite(pad_value):
+        raise SettingError(f"pad value must be a finite number, not {pad_value!r}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise SettingError(f"batch size must be a positive integer, not {batch_size!r}")
+    if workers is not None and (not _is_int(workers) or workers < 1):
+        raise SettingError(f"workers must be a positive integer, not {workers!r}")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ModelError(f"device {device!r} unknown; use auto, cpu, cuda or cuda:N")
+    if isinstance(normalization, tuple | list):
+        if len(normalization) != 2:
+            raise SettingError("normalization (mean, std) needs exactly two values")
+        for name, values in zip(("mean", "std"), normalization, strict=True):
+            array = np.asarray(values, dtype=object).ravel()
+            if array.size == 0 or not all(
+                    isinstance(v, int | float | np.number) and math.isfinite(v) for v in array):
+                raise SettingError(f"normalization {name} must be finite numbers, not "
+                                   f"{values!r}")
+        if np.any(np.asarray(normalization[1], np.float64) < 0):
+            raise SettingError("normalization std must not be negative")
+    elif normalization not in (None, "spec", "raster", "none"):
+        raise SettingError(f"normalization must be spec, raster, none or (mean, std), "
+                           f"not {normalization!r}")
+
+
+def _preview_spec(model: Any, bands: int, classes: int | None) -> tuple[ModelSpec,
+                                                                        int | None] | None:
+    """The spec (and a checkpoint card's default halo) of a registered name or a checkpoint,
+    read without building anything; ``None`` for modules, TorchScript files, functions, and
+    whatever :func:`resolve_model` should report on itself."""
+    if not isinstance(model, str):
+        return None
+    from tilesegment.models.registry import get_spec, list_models
+
+    try:
+        if model in list_models():
+            return get_spec(model, bands, classes), None
+        path = Path(model)
+        if path.suffix in (".safetensors", ".json") and path.is_file():
+            from tilesegment.models.checkpoint import card_spec, has_card, read_card
+
+            if has_card(path):
+                card = read_card(path)
+                return card_spec(card), card.halo
+    except TilesegmentError:
+        return None
+    return None
+
+
+@dataclass
+class _Budget:
+    """The limits of one run: classes, block tasks, memory (see :mod:`tilesegment.limits`)."""
+
+    raster: Any
+    block_size: int | None
+    batch_size: int
+    device: str
+    local: bool
+    threads: bool
+    n_workers: int
+    returns: str | None  # what an in-memory run returns; None when writing an output
+    probabilities: bool
+    crf: Any
+
+    def _on_gpu(self) -> bool:
+        if self.device == "cpu":
+            return False
+        if not self.local:  # the workers' devices: no local check
+            return True
+        if self.device == "auto" and not limits.gpu_driver_present():
+            return False  # torch could not find a GPU either: no need to import it
+        from tilesegment.infer import resolve_device  # torch, but no model
+
+        return resolve_device(self.device).type == "cuda"
+
+    def check(self, mspec: ModelSpec, tspec: TileSpec) -> None:
+        """:class:`~tilesegment.errors.LimitError` unless the run fits every limit."""
+        raster = self.raster
+        shape = (raster.height, raster.width)
+        k = mspec.num_classes
+        limits.check_classes(k)
+        block = ((self.block_size, self.block_size) if self.block_size
+                 else default_block(tspec))
+        block = (min(block[0], max(shape[0], 1)), min(block[1], max(shape[1], 1)))
+        n_blocks = limits.check_blocks(shape, block, tspec.core, self.block_size)
+        crf_reach = 0
+        if self.crf is not None and self.crf is not False:
+            from tilesegment.models.crf import CRFParams, crf_halo
+
+            crf_reach = crf_halo(CRFParams() if self.crf is True else self.crf)
+        result = 0.0
+        if self.returns is not None:
+            per_px = {"mask": 2, "disagreement": 1}.get(self.returns, 4 * k)
+            result = 2.0 * per_px * shape[0] * shape[1]  # the blocks, then the array
+        estimate = limits.block_task_memory(
+            bands=raster.bands, itemsize=np.dtype(raster.dtype).itemsize, classes=k,
+            tile=tspec.tile, out_side=tspec.out_side, core=tspec.core,
+            reach=tspec.footprint(), block=block, grid=grid_shape(shape, tspec),
+            batch=self.batch_size, model_name=mspec.name, on_gpu=self._on_gpu(),
+            probabilities=self.probabilities or self.returns == "probabilities",
+            gaussian=tspec.blend == "gaussian", crf_reach=crf_reach,
+            concurrent=min(self.n_workers, n_blocks) if self.threads else 1,
+            result_bytes=result)
+        limits.check_memory(estimate, f"tile {tspec.tile} (batch {self.batch_size}, block "
+                            f"{block[0]} × {block[1]}, {k} classes)")
+
+    def check_probe(self, tile: int, classes: int | None) -> None:
+        """A module is probed on one ``tile`` before its spec is known: check that call."""
+        k = classes or 1
+        per_px = self.raster.bands * 4 + k * 4 + limits.DEFAULT_WORKING_BYTES
+        estimate = limits.MemoryEstimate({"model probe": float(per_px) * tile * tile})
+        limits.check_memory(estimate, f"probing the model on a tile of {tile}")
+
+
+def _warn_nonfinite(raster, counts: dict[str, int]) -> None:
+    """One warning per kind of non-finite value the blocks met, with its pixel count."""
+    if counts.get("nonfinite"):
+        n = counts["nonfinite"]
+        warnings.warn(f"{raster.source}: {n} pixel{'s hold' if n != 1 else ' holds'} ±inf or "
+                      "values beyond float32's range: those band values were treated as "
+                      "missing, like NaN (a pixel with every band missing is nodata in the "
+                      "mask)",
+                      NonFiniteWarning, stacklevel=3)
+    if counts.get("faults"):
+        n = counts["faults"]
+        warnings.warn(f"the model gave NaN or infinite logits at {n} pixel"
+                      f"{'s' if n != 1 else ''} of valid input: they are nodata in the mask "
+                      "(NaN in probabilities), not a class", NonFiniteWarning, stacklevel=3)
 
 
 def _tile_spec(mspec: ModelSpec, tile: int | None, halo: int | None, pad_mode: str,
@@ -270,14 +479,16 @@ def _to_array(job, windows, shape, k, returns, mask_dtype, scheduler, n_workers,
     shared = dask.delayed(job, pure=True, traverse=False)
     tasks = [dask.delayed(block_array, pure=True)(shared, w, returns, mask_dtype)
              for w in windows]
-    parts = compute(tasks, scheduler, n_workers, progress)
+    results = compute(tasks, scheduler, n_workers, progress)
+    parts = [part for part, _ in results]
+    counts = {name: sum(c[name] for _, c in results) for name in ("nonfinite", "faults")}
     if returns in ("mask", "disagreement"):
         out = np.empty(shape, dtype=mask_dtype if returns == "mask" else np.uint8)
     else:
         out = np.empty((k, *shape), dtype=np.float32)
     for (r0, r1, c0, c1), part in zip(windows, parts, strict=True):
         out[..., r0:r1, c0:c1] = part
-    return out
+    return out, counts
 
 
 def _crf_settings(crf: Any, raster) -> tuple[Any, Any]:

@@ -181,3 +181,9 @@ def _report(summary) -> None:
         click.echo(f"  {name:<16} {count / total:7.2%}")
     if summary.nodata_pixels:
         click.echo(f"  {'(nodata)':<16} {summary.nodata_pixels} px")
+    if summary.nonfinite_logit_pixels:
+        click.echo(f"  {'(NaN/inf logits)':<16} {summary.nonfinite_logit_pixels} px "
+                   "(nodata in the mask)")
+    if summary.nonfinite_input_pixels:
+        click.echo(f"  {'(±inf input)':<16} {summary.nonfinite_input_pixels} px "
+                   "(treated as missing)")

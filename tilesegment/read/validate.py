@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tifffile
 
 from tilesegment.errors import DamagedInputError, InputError
@@ -137,7 +138,8 @@ def block_label(index: int, n_rows: int, n_cols: int) -> str:
 
 
 def check_blocks_in_file(path: Path, pages: Sequence[Any], *, level: int) -> None:
-    """Fail when a TIFF block of ``pages`` lies past the end of the file (tags only)."""
+    """Fail when a TIFF block of ``pages`` lies past the end of the file, or when the file
+    cannot hold the image its tags declare (tags only; see :func:`check_declared_size`)."""
     size = path.stat().st_size
     for page in pages:
         if page is None:
@@ -158,3 +160,91 @@ def check_blocks_in_file(path: Path, pages: Sequence[Any], *, level: int) -> Non
                     f"of the file (bytes {offset}..{offset + count} of {size}); "
                     "the file is truncated",
                 )
+        check_declared_size(path, page, level=level, size=size)
+
+
+#: The most a codec can expand its input: DEFLATE ≤ 1032:1 (a 258-byte match per 2 bits),
+#: TIFF LZW < 3641:1 (a code of ≥ 9 bits stands for ≤ 4096 bytes), PackBits 64:1 (2 bytes
+#: for a run of 128). Codecs not listed (JPEG, whose progressive mode codes runs of empty
+#: blocks; ZSTD, LZMA, WebP, JPEG 2000…) have no bound here.
+MAX_EXPANSION = {5: 3641, 8: 1032, 32946: 1032, 32773: 64}
+
+#: A margin on those bounds: a block is refused only when even twice the codec's best case
+#: could not hold it.
+EXPANSION_SLACK = 2
+
+
+def _row_bytes(width: int, samples: int, bits: int) -> int:
+    return -(-(width * samples * bits) // 8)
+
+
+def check_declared_size(path: Path, page: Any, *, level: int, size: int) -> None:
+    """Fail when the file cannot hold the image its tags declare, before any pixel is read.
+
+    - fewer TIFF block offsets than the declared size needs (a 10⁶ × 10⁶ image in 256 × 256
+      tiles needs 15 million of them);
+    - an uncompressed block whose pixels would reach past the end of the file;
+    - a compressed block too small for its pixels even at its codec's best ratio
+      (:data:`MAX_EXPANSION`, with :data:`EXPANSION_SLACK`);
+    - a compressed block that decodes to more bytes than this machine's memory
+      (:func:`tilesegment.limits.memory_limit`).
+    """
+    key = page.keyframe
+    height, width = int(key.imagelength), int(key.imagewidth)
+    bh, bw, n_rows, n_cols = block_grid(key)
+    planes, contig = int(key.shaped[0]), int(key.shaped[4])
+    bits = int(key.bitspersample)
+    offsets, counts = page.dataoffsets, page.databytecounts
+    needed = planes * n_rows * n_cols
+    if len(offsets) < needed:
+        raise damaged(
+            path,
+            f"level {level}: the tags declare a {width} × {height} px image in {needed:,} "
+            f"TIFF blocks of {bw} × {bh} px but list only {len(offsets):,} block offsets; "
+            f"the file ({size:,} bytes) cannot hold that image",
+        )
+    compression = int(key.compression)
+    full = bh * _row_bytes(bw, contig, bits)
+    if compression != 1:
+        from tilesegment.limits import format_bytes, memory_limit
+
+        limit, source = memory_limit()
+        if full > limit:
+            raise damaged(
+                path,
+                f"level {level}: one TIFF block of {bw} × {bh} px decodes to "
+                f"{format_bytes(full)}, more than the {format_bytes(limit)} memory limit "
+                f"({source}); the tags declare a {width} × {height} px image",
+            )
+    offsets = np.asarray(offsets[:needed], dtype=np.int64)
+    counts = np.asarray(counts[:needed], dtype=np.int64)
+    if key.is_tiled:
+        blocks = np.full(needed, full, dtype=np.int64)
+    else:  # the last strip of each plane holds only the rows left
+        rows = np.minimum(bh, height - (np.arange(needed) % n_rows) * bh)
+        blocks = rows.astype(np.int64) * _row_bytes(width, contig, bits)
+    written = (offsets != 0) & (counts != 0)  # unwritten (sparse) blocks fail if ever read
+    ratio = MAX_EXPANSION.get(compression)
+    if compression == 1:
+        bad = np.flatnonzero(written & (offsets + blocks > size))
+        if bad.size:
+            index = int(bad[0])
+            raise damaged(
+                path,
+                f"level {level}: {block_label(index, n_rows, n_cols)} declares "
+                f"{int(blocks[index]):,} bytes of uncompressed pixels from byte "
+                f"{int(offsets[index]):,}, past the end of the file ({size:,} bytes); the "
+                f"tags declare a {width} × {height} px image the file cannot hold",
+            )
+    elif ratio is not None:
+        bad = np.flatnonzero(written & (counts * (ratio * EXPANSION_SLACK) < blocks))
+        if bad.size:
+            index = int(bad[0])
+            raise damaged(
+                path,
+                f"level {level}: {block_label(index, n_rows, n_cols)} has "
+                f"{int(counts[index]):,} compressed bytes for {int(blocks[index]):,} bytes "
+                f"of pixels, beyond what {compression_name(compression)} can expand (at most "
+                f"{ratio}:1); the tags declare a {width} × {height} px image the file "
+                "cannot hold",
+            )
