@@ -38,6 +38,10 @@ class OutputError(TilesegmentError, OSError):
     """The output cannot be written."""
 
 
+class OutputLockedError(OutputError):
+    """Another run is writing the same output (it holds the output's lock file)."""
+
+
 class SeamWarning(UserWarning):
     """A halo below the model's receptive field, or cores off its output-stride grid."""
 

@@ -64,15 +64,25 @@ def _client(scheduler: Any) -> Iterator[Any]:
             yield client
 
 
-def start_local_cluster(n_workers: int, threads_per_worker: int = 1):
-    """A ``distributed.LocalCluster`` of ``n_workers`` processes bound to localhost, no
-    dashboard; workers are named 0..n-1 so each can take its own GPU. Returns a Client."""
-    import logging
+def start_local_cluster(n_workers: int, threads_per_worker: int = 1,
+                        dashboard: bool = False):
+    """Start a ``distributed`` cluster of ``n_workers`` processes that no other process can
+    enter (TLS with temporary credentials, listening on 127.0.0.1 only, no HTTP server unless
+    ``dashboard``, then on 127.0.0.1); workers are named 0..n-1 so each can take its own
+    GPU. Returns a Client holding the credentials; close it and ``client.cluster``."""
+    from tilesegment.local_cluster import start
 
-    from distributed import Client, LocalCluster
+    return start(n_workers, threads_per_worker, dashboard=dashboard)
 
-    # silence_logs: a failing block is reported once, by the client, as one line
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                           processes=True, host="127.0.0.1", dashboard_address=None,
-                           silence_logs=logging.CRITICAL)
-    return Client(cluster)
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int, threads_per_worker: int = 1,
+                  dashboard: bool = False) -> Iterator[Any]:
+    """:func:`start_local_cluster` as a context manager: yields the Client, closes both."""
+    client = start_local_cluster(n_workers, threads_per_worker, dashboard=dashboard)
+    try:
+        yield client
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()

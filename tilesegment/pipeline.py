@@ -7,6 +7,7 @@ the model name and its legal tile sizes, the halo, the output path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,6 +50,21 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _holding_output_lock(func):
+    """Hold the output's lock (:mod:`tilesegment.write.lock`) for the whole call: a second
+    run onto the same output is refused before it builds a model or reads a pixel."""
+
+    @functools.wraps(func)
+    def locked(source: Any, output: str | Path | None = None, **kwargs: Any):
+        from tilesegment.write.lock import output_lock
+
+        with output_lock(output):
+            return func(source, output, **kwargs)
+
+    return locked
+
+
+@_holding_output_lock
 def segment(
     source: Any,
     output: str | Path | None = None,
