@@ -69,12 +69,14 @@ class Run:
     """A ``tilesegment run`` subprocess; its stdout and stderr go to files (a pipe could
     fill up, or be held open by the cluster's worker processes)."""
 
-    def __init__(self, args: list, env: dict, folder: Path, name: str = "run") -> None:
+    def __init__(self, args: list, env: dict, folder: Path, name: str = "run",
+                 new_session: bool = False) -> None:
         self.out_path, self.err_path = folder / f"{name}.out", folder / f"{name}.err"
         with self.out_path.open("w") as out, self.err_path.open("w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tilesegment.cli.main", "run", *map(str, args)],
-                env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                start_new_session=new_session)
         self.pid = self.proc.pid
 
     def wait(self, timeout: float = 120) -> int:

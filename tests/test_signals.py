@@ -49,6 +49,42 @@ def test_stop_signal_mid_run_removes_the_partial(tmp_path, signum, name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+def test_stop_signal_to_a_local_cluster_job_is_one_line(tmp_path, signum):
+    """A closed terminal (SIGHUP) or Ctrl-C signals the whole job: the run's cluster
+    processes too. Still one line, nothing left, no process left behind."""
+    import psutil
+
+    src = write_input(tmp_path / "in.tif")
+    env = gated_env(tmp_path)
+    run = Run([src, "-o", tmp_path / "out.zarr", *GATED, "--local-cluster", "2"], env,
+              tmp_path, new_session=True)
+    try:
+        run.wait_for(tmp_path / "started")
+        group = [run.pid, *(p.pid for p in psutil.Process(run.pid).children(recursive=True))]
+        assert len(group) >= 3  # the run and its two workers at least
+        os.killpg(run.pid, signum)
+        code = run.wait()
+    finally:
+        (tmp_path / "gate").touch()
+    assert code == 128 + signum
+    sig = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+    assert run.stderr.strip().splitlines() == [f"Interrupted{sig}: partial output removed."]
+    assert outputs_left(tmp_path, "out.zarr") == []
+    left = []
+    for pid in group[1:]:
+        try:
+            proc = psutil.Process(pid)
+            proc.wait(timeout=30)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.TimeoutExpired:
+            left.append(pid)
+            proc.kill()
+    assert left == []
+
+
+@pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_without_traceback(tmp_path):
     src = write_input(tmp_path / "in.tif")
     env = gated_env(tmp_path)

@@ -7,6 +7,7 @@ which scheduler is used. Tasks return small results only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ def compute(tasks: list, scheduler: Any = None, workers: int = 1, progress: bool
         name = scheduler or "threads"
         with _local_progress(progress):
             return list(dask.compute(*tasks, scheduler=name, num_workers=workers))
+    _drop_cancelled_gather_noise()
     with _client(scheduler) as client:
         futures = client.compute(tasks)
         try:
@@ -37,6 +39,23 @@ def compute(tasks: list, scheduler: Any = None, workers: int = 1, progress: bool
         except BaseException:
             client.cancel(futures)  # stop the other blocks: the run has failed
             raise
+
+
+class _CancelledGatherFilter(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved … AllExit" records: the
+    internal tasks of a ``gather`` whose futures were cancelled (a failed or interrupted
+    run) log one traceback each when collected, after the run has reported its one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        return not (exc is not None and exc.__name__ == "AllExit"
+                    and exc.__module__.startswith("distributed"))
+
+
+def _drop_cancelled_gather_noise() -> None:
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _CancelledGatherFilter) for f in log.filters):
+        log.addFilter(_CancelledGatherFilter())
 
 
 @contextlib.contextmanager

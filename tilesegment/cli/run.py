@@ -179,12 +179,25 @@ def _cluster(workers: int | None, dashboard: bool) -> Iterator[object]:
     if not workers:
         yield None
         return
-    from tilesegment.execute import local_cluster
+    from tilesegment.execute import start_local_cluster
 
-    with local_cluster(workers, dashboard=dashboard) as client:
+    # A closed terminal sends SIGHUP to the whole job: this process stops the run and
+    # closes the cluster, so its worker processes (and multiprocessing's helper) must not
+    # die of it first. They inherit SIGHUP blocked from the threads that start them.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    client = None
+    try:
+        client = start_local_cluster(workers, dashboard=dashboard)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a pending SIGHUP lands here
         if dashboard:
             click.echo(f"dashboard: {client.dashboard_link}", err=True)
         yield client
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
 
 
 @contextlib.contextmanager
