@@ -206,3 +206,16 @@ def test_real_local_cluster_run_is_closed(tmp_path):
         code = run.wait()
     assert code == 0, run.stderr
     assert run.stdout.startswith(f"wrote {tmp_path / 'out.zarr'}")
+
+
+def test_dashboard_needs_local_cluster(tmp_path):
+    from click.testing import CliRunner
+
+    from tilesegment.cli.main import cli
+
+    src = write_input(tmp_path / "in.tif")
+    result = CliRunner().invoke(cli, ["run", str(src), "-o", str(tmp_path / "o.zarr"),
+                                      "--model", "identity", "--dashboard"])
+    assert result.exit_code == 2, result.output
+    assert "--dashboard needs --local-cluster" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
