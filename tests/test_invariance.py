@@ -42,11 +42,11 @@ def test_zarr_bytes_identical_across_chunking(tmp_path, reference):
 
 @pytest.mark.slow
 def test_distributed_cluster_gives_identical_output(tmp_path, reference):
-    """A real distributed LocalCluster of two worker processes."""
-    from distributed import Client, LocalCluster
+    """A real distributed cluster of two worker processes: the one ``--local-cluster``
+    starts (TLS, loopback only)."""
+    from tilesegment.execute import local_cluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with local_cluster(2) as client:
         out = segment(IMAGE, scheduler=client, block_size=64, returns="logits", **COMMON)
         summary = segment(IMAGE, tmp_path / "d.zarr", scheduler=client, block_size=64,
                           **COMMON)

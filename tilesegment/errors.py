@@ -46,6 +46,8 @@ class SettingError(TilesegmentError, ValueError):
 class LimitError(TilesegmentError, ValueError):
     """A run that exceeds a resource limit: memory, the number of block tasks, the number
     of classes a mask can hold. Checked before any pixel is read or any model is built."""
+class OutputLockedError(OutputError):
+    """Another run is writing the same output (it holds the output's lock file)."""
 
 
 class SeamWarning(UserWarning):

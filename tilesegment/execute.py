@@ -7,6 +7,7 @@ which scheduler is used. Tasks return small results only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ def compute(tasks: list, scheduler: Any = None, workers: int = 1, progress: bool
         name = scheduler or "threads"
         with _local_progress(progress):
             return list(dask.compute(*tasks, scheduler=name, num_workers=workers))
+    _drop_cancelled_gather_noise()
     with _client(scheduler) as client:
         futures = client.compute(tasks)
         try:
@@ -37,6 +39,23 @@ def compute(tasks: list, scheduler: Any = None, workers: int = 1, progress: bool
         except BaseException:
             client.cancel(futures)  # stop the other blocks: the run has failed
             raise
+
+
+class _CancelledGatherFilter(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved … AllExit" records: the
+    internal tasks of a ``gather`` whose futures were cancelled (a failed or interrupted
+    run) log one traceback each when collected, after the run has reported its one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        return not (exc is not None and exc.__name__ == "AllExit"
+                    and exc.__module__.startswith("distributed"))
+
+
+def _drop_cancelled_gather_noise() -> None:
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _CancelledGatherFilter) for f in log.filters):
+        log.addFilter(_CancelledGatherFilter())
 
 
 @contextlib.contextmanager
@@ -64,15 +83,25 @@ def _client(scheduler: Any) -> Iterator[Any]:
             yield client
 
 
-def start_local_cluster(n_workers: int, threads_per_worker: int = 1):
-    """A ``distributed.LocalCluster`` of ``n_workers`` processes bound to localhost, no
-    dashboard; workers are named 0..n-1 so each can take its own GPU. Returns a Client."""
-    import logging
+def start_local_cluster(n_workers: int, threads_per_worker: int = 1,
+                        dashboard: bool = False):
+    """Start a ``distributed`` cluster of ``n_workers`` processes that no other process can
+    enter (TLS with temporary credentials, listening on 127.0.0.1 only, no HTTP server unless
+    ``dashboard``, then on 127.0.0.1); workers are named 0..n-1 so each can take its own
+    GPU. Returns a Client holding the credentials; close it and ``client.cluster``."""
+    from tilesegment.local_cluster import start
 
-    from distributed import Client, LocalCluster
+    return start(n_workers, threads_per_worker, dashboard=dashboard)
 
-    # silence_logs: a failing block is reported once, by the client, as one line
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                           processes=True, host="127.0.0.1", dashboard_address=None,
-                           silence_logs=logging.CRITICAL)
-    return Client(cluster)
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int, threads_per_worker: int = 1,
+                  dashboard: bool = False) -> Iterator[Any]:
+    """:func:`start_local_cluster` as a context manager: yields the Client, closes both."""
+    client = start_local_cluster(n_workers, threads_per_worker, dashboard=dashboard)
+    try:
+        yield client
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()

@@ -11,6 +11,7 @@ model is built.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -80,6 +81,21 @@ class RunSummary:
     nonfinite_logit_pixels: int = 0
 
 
+def _holding_output_lock(func):
+    """Hold the output's lock (:mod:`tilesegment.write.lock`) for the whole call: a second
+    run onto the same output is refused before it builds a model or reads a pixel."""
+
+    @functools.wraps(func)
+    def locked(source: Any, output: str | Path | None = None, **kwargs: Any):
+        from tilesegment.write.lock import output_lock
+
+        with output_lock(output):
+            return func(source, output, **kwargs)
+
+    return locked
+
+
+@_holding_output_lock
 def segment(
     source: Any,
     output: str | Path | None = None,

@@ -3,6 +3,9 @@ Click's usage errors exit 2. Commands are small modules that each call one libra
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 import warnings
 
@@ -26,9 +29,13 @@ class TilesegmentGroup(click.Group):
         except TilesegmentError as exc:
             click.echo(f"Error: {_one_line(exc)}", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: partial output removed.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, or SIGTERM/SIGHUP during `run` (its Interrupted carries the signal)
+            signum = getattr(exc, "signum", signal.SIGINT)
+            how = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be told
+                click.echo(f"Interrupted{how}: partial output removed.", err=True)
+            ctx.exit(128 + signum)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -58,9 +65,25 @@ cli.add_command(evaluate)
 cli.add_command(models)
 
 
+STOPPED_CODES = frozenset(128 + sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="tilesegment")
+    try:
+        cli(prog_name="tilesegment")
+    except SystemExit as exc:
+        # The command is over, but Python still joins block threads that are finishing
+        # their tasks. A stop signal then ends the process at once, with no traceback, and
+        # a run already stopped by one does not wait for them at all (its output is gone).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        if exc.code in STOPPED_CODES:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(exc.code)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

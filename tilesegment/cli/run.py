@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -12,6 +16,17 @@ from tilesegment.cli.config import load_recipe
 from tilesegment.cli.evaluate import report_and_print, truth_options
 
 PAD_MODES = ("reflect", "symmetric", "edge", "constant")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a run cleanly: Ctrl-C, a polite kill, a closed terminal."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGTERM or SIGHUP. It unwinds like Ctrl-C (a KeyboardInterrupt), so
+    the partial output is removed; the CLI exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -79,7 +94,11 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
               help="threads, synchronous, a scheduler address (tcp://host:port) or a "
                    "scheduler file (.json).")
 @click.option("--local-cluster", "local_cluster", type=click.IntRange(min=1),
-              help="Start a distributed LocalCluster of N worker processes (one per GPU).")
+              help="Start a distributed cluster of N worker processes (one per GPU) on "
+                   "127.0.0.1, closed to other processes (TLS with temporary credentials).")
+@click.option("--dashboard", is_flag=True,
+              help="With --local-cluster: serve the Dask dashboard on 127.0.0.1 (readable "
+                   "by every local user); without it the cluster runs no HTTP server.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Concurrent block tasks on the local threaded scheduler (default: one "
                    "per CPU core; each runs torch on one thread).")
@@ -112,7 +131,8 @@ def run(source: str, output: str, model: str, weights: str | None,
         batch_size: int, block_size: int | None, device: str, level: int | None,
         mpp: float | None, normalization: str, save_probabilities: bool,
         save_disagreement: bool, cog: bool,
-        overwrite: bool, scheduler: str, local_cluster: int | None, workers: int | None,
+        overwrite: bool, scheduler: str, local_cluster: int | None, dashboard: bool,
+        workers: int | None,
         seed: int, progress: bool | None, crf: bool, crf_preset: str, crf_iterations: int,
         crf_w1: float | None, crf_theta_alpha: float | None, crf_theta_beta: float | None,
         crf_w2: float | None, crf_theta_gamma: float | None, truth: str | None,
@@ -122,7 +142,11 @@ def run(source: str, output: str, model: str, weights: str | None,
         raise click.UsageError("--level and --mpp are mutually exclusive")
     if cog and not output.lower().endswith((".tif", ".tiff")):
         raise click.UsageError("--cog needs a .tif output")
+    if dashboard and not local_cluster:
+        raise click.UsageError("--dashboard needs --local-cluster (a cluster of your own "
+                               "serves its dashboard itself)")
     from tilesegment.pipeline import segment
+    from tilesegment.write.lock import output_lock
 
     crf_params = None
     if crf:
@@ -130,14 +154,10 @@ def run(source: str, output: str, model: str, weights: str | None,
                                  theta_alpha=crf_theta_alpha, theta_beta=crf_theta_beta,
                                  w2=crf_w2, theta_gamma=crf_theta_gamma)
 
-    # A polite kill (SIGTERM) unwinds like Ctrl-C, so the partial output is removed.
-    signal.signal(signal.SIGTERM, _terminate)
-    client = None
-    if local_cluster:
-        from tilesegment.execute import start_local_cluster
-
-        client = scheduler = start_local_cluster(local_cluster)
-    try:
+    # The output's lock before the cluster starts: a second run onto the same output is
+    # refused before it spends anything (segment takes the same lock again, re-entrantly).
+    with _stop_signals_handled(), output_lock(output), _cluster(local_cluster,
+                                                                 dashboard) as client:
         summary = segment(
             source, output, model=model, weights=weights, backbone_weights=backbone_weights,
             classes=classes, tile=tile,
@@ -145,16 +165,77 @@ def run(source: str, output: str, model: str, weights: str | None,
             batch_size=batch_size, block_size=block_size, device=device, level=level,
             mpp=mpp, normalization=normalization, save_probabilities=save_probabilities,
             save_disagreement=save_disagreement, crf=crf_params,
-            cog=cog, overwrite=overwrite, scheduler=scheduler, workers=workers, seed=seed,
-            protect=(truth,) if truth else (),
+            cog=cog, overwrite=overwrite, scheduler=scheduler if client is None else client,
+            workers=workers, seed=seed, protect=(truth,) if truth else (),
             progress=sys.stderr.isatty() if progress is None else progress)
-    finally:
-        if client is not None:
-            client.close()
-            client.cluster.close()
     _report(summary)
     if truth is not None:
         report_and_print(str(summary.output), truth, classes=classes, **truth_settings)
+
+
+@contextlib.contextmanager
+def _cluster(workers: int | None, dashboard: bool) -> Iterator[object]:
+    """The Client of a cluster of ``workers`` processes for this run (None without)."""
+    if not workers:
+        yield None
+        return
+    from tilesegment.execute import start_local_cluster
+
+    # A closed terminal sends SIGHUP to the whole job: this process stops the run and
+    # closes the cluster, so its worker processes (and multiprocessing's helper) must not
+    # die of it first. They inherit SIGHUP blocked from the threads that start them.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    client = None
+    try:
+        client = start_local_cluster(workers, dashboard=dashboard)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a pending SIGHUP lands here
+        if dashboard:
+            click.echo(f"dashboard: {client.dashboard_link}", err=True)
+        yield client
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+
+
+@contextlib.contextmanager
+def _stop_signals_handled() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP unwind like Ctrl-C (:class:`Interrupted`), and
+    a second stop signal ends the process at once; the previous handlers come back after.
+
+    Only the main thread can set handlers: elsewhere (a command invoked from a worker
+    thread) the block runs with the handlers it has.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _first_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _first_stop(signum: int, frame) -> None:
+    # The cleanup this starts (abort, closing a cluster) must not be cut by a second
+    # signal's exception: a second signal ends the process instead.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _second_stop)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+def _second_stop(signum: int, frame) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, f"{signal.Signals(signum).name} again: stopped at once (a hidden "
+                    f".<output>.partial-* may be left)\n".encode())
+    os._exit(128 + signum)
 
 
 def _crf_params(preset: str, iterations: int, **overrides):
@@ -165,10 +246,6 @@ def _crf_params(preset: str, iterations: int, **overrides):
     base = CRFParams.deeplab(iterations) if preset == "deeplab" else CRFParams.krahenbuhl(
         iterations)
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _terminate(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _report(summary) -> None:

@@ -1,0 +1,84 @@
+"""The ``distributed`` cluster tilesegment starts itself (``--local-cluster N``), closed to
+every other process.
+
+- **TLS with temporary credentials** (``Security.temporary()``: a key and a self-signed
+  certificate made in memory for this run, never written to disk). The scheduler, the
+  nannies and the workers require a client certificate signed by it, so a process without
+  the run's credentials cannot connect, let alone submit code that runs as this user.
+- **Loopback only**: every comm listens on ``tls://127.0.0.1``.
+- **No HTTP server** unless a dashboard is asked for. ``distributed`` starts one in the
+  scheduler (port 8787, ``/health``, ``/metrics``, ``/json``, …) and one in each worker even
+  with ``dashboard_address=None``: that argument only drops the Bokeh pages. The classes
+  below do not start them at all. With ``dashboard=True`` only the scheduler serves one,
+  on 127.0.0.1.
+
+This module imports ``distributed`` at import time: import it only to start a cluster.
+Worker processes import it too (the worker class travels by name).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
+from distributed.http.routing import RoutingApplication
+from distributed.security import Security
+from distributed.worker_memory import parse_memory_limit
+
+HOST = "127.0.0.1"
+DASHBOARD_PORT = 8787
+_log = logging.getLogger(__name__)
+
+
+def _routes_only(node: Any, routes: list) -> None:
+    # What start_http_server sets besides the server itself: the routing application,
+    # which later code (close, the jupyter hook) may look at. Nothing listens.
+    node.http_application = RoutingApplication(routes)
+
+
+class LoopbackScheduler(Scheduler):
+    """A scheduler that starts its HTTP server only when given a dashboard address."""
+
+    def start_http_server(self, routes, dashboard_address, default_port=0,
+                          ssl_options=None) -> None:
+        if dashboard_address is None:
+            _routes_only(self, routes)
+            return
+        super().start_http_server(routes, dashboard_address, default_port, ssl_options)
+
+
+class QuietWorker(Worker):
+    """A worker without an HTTP server (its metrics reach the scheduler over its comm)."""
+
+    def start_http_server(self, routes, dashboard_address, default_port=0,
+                          ssl_options=None) -> None:
+        _routes_only(self, routes)
+
+
+def start(n_workers: int, threads_per_worker: int = 1, dashboard: bool = False) -> Client:
+    """Start a cluster of ``n_workers`` worker processes (each under a nanny, named
+    0..n-1 so worker *i* takes GPU *i*) with ``threads_per_worker`` threads each; return a
+    Client holding the run's credentials (``client.cluster`` is the cluster)."""
+    security = Security.temporary()
+    scheduler = {"cls": LoopbackScheduler, "options": {
+        "host": HOST, "port": 0, "protocol": "tls://", "security": security,
+        "dashboard": dashboard,
+        "dashboard_address": f"{HOST}:{DASHBOARD_PORT}" if dashboard else None,
+    }}
+    worker = {"cls": Nanny, "options": {
+        "host": HOST, "protocol": "tls://", "security": security,
+        "nthreads": threads_per_worker, "worker_class": QuietWorker,
+        "dashboard": False, "dashboard_address": None,
+        "memory_limit": parse_memory_limit("auto", 1, n_workers, logger=_log),
+        # a failing block is reported once, by the client, as one line
+        "silence_logs": logging.CRITICAL,
+    }}
+    cluster = SpecCluster(scheduler=scheduler, workers={i: worker for i in range(n_workers)},
+                          security=security, silence_logs=logging.CRITICAL,
+                          name="tilesegment")
+    try:
+        return Client(cluster, security=security)
+    except BaseException:
+        cluster.close()
+        raise
