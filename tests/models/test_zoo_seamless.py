@@ -11,7 +11,9 @@ Wide VGG/U-Net nets are checked at reduced width: the geometry is the same.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -57,18 +59,23 @@ def _network(name: str) -> torch.nn.Module:
     return create_model(name, C, K if name != "identity" else None, seed=1)
 
 
-def _registered(name: str, net: torch.nn.Module) -> str:
-    """``net`` registered under a new name with ``name``'s spec, so the pipeline knows its
-    stride and receptive radius as it knows the real model's (a bare module is probed)."""
-    from tilesegment.models.registry import ModelEntry, get_entry, register_model
+@contextlib.contextmanager
+def _registered(name: str, net: torch.nn.Module) -> Iterator[str]:
+    """``net`` registered, for the duration, under a new name with ``name``'s spec, so the
+    pipeline knows its stride and receptive radius as it knows the real model's (a bare
+    module is probed). The entry is removed afterwards: other tests see the real registry."""
+    from tilesegment.models import registry
 
-    original = get_entry(name)
+    original = registry.get_entry(name)
     alias = f"test-{name}-{id(net):x}"
-    register_model(ModelEntry(
+    registry.register_model(registry.ModelEntry(
         alias, "test copy", lambda c, k: dataclasses.replace(original.spec(c, k), name=alias),
         lambda c, k, **options: net, default_classes=original.default_classes,
         trainable=False))
-    return alias
+    try:
+        yield alias
+    finally:
+        registry._REGISTRY.pop(alias, None)
 
 
 def _reference_pad(spec) -> int:
@@ -152,25 +159,25 @@ def test_tiled_equals_one_whole_image_pass_at_the_default_tile_and_halo(name):
     spec = get_spec(name, C, K if name != "identity" else None)
     tile, halo = _geometry(name, spec)
     net = _network(name)
-    model = _registered(name, net)
-    rng = np.random.default_rng(3)
-    for h, w in _sizes(spec, tile, halo):
-        image = rng.normal(size=(C, h, w)).astype(np.float32)
-        padded_ref = _pass(net, image, _reference_pad(spec), spec)
-        assert np.abs(padded_ref).max() > 0.05, "a degenerate network proves nothing"
-        plain = padded_ref if spec.valid else _pass(net, image, 0, spec)
-        inner = max(spec.receptive_radius, spec.check_tile(tile)) + spec.tile_rule.output_stride
-        if name in SMALL:  # no interior: the mirror-padded pass is the reference everywhere
-            plain, inner = padded_ref, 0
-        interior = (slice(None), slice(inner, h - inner), slice(inner, w - inner))
-        for blend in ("crop", "gaussian"):
-            tiled = segment(image, model=model, classes=spec.num_classes, tile=tile,
-                            halo=halo, blend=blend, returns="logits", normalization="none")
-            assert np.abs(tiled - padded_ref).max() <= INTERIOR_TOL, (name, blend, (h, w))
-            assert np.abs(tiled[interior] - plain[interior]).max() <= INTERIOR_TOL
-            differing = tiled[interior].argmax(0) != plain[interior].argmax(0)
-            assert not (differing & (_lead(plain[interior]) > INTERIOR_TOL)).any(), (
-                name, blend, int(differing.sum()))
+    with _registered(name, net) as model:
+        rng = np.random.default_rng(3)
+        for h, w in _sizes(spec, tile, halo):
+            image = rng.normal(size=(C, h, w)).astype(np.float32)
+            padded_ref = _pass(net, image, _reference_pad(spec), spec)
+            assert np.abs(padded_ref).max() > 0.05, "a degenerate network proves nothing"
+            plain = padded_ref if spec.valid else _pass(net, image, 0, spec)
+            inner = max(spec.receptive_radius, spec.check_tile(tile)) + spec.tile_rule.output_stride
+            if name in SMALL:  # no interior: the mirror-padded pass is the reference everywhere
+                plain, inner = padded_ref, 0
+            interior = (slice(None), slice(inner, h - inner), slice(inner, w - inner))
+            for blend in ("crop", "gaussian"):
+                tiled = segment(image, model=model, classes=spec.num_classes, tile=tile,
+                                halo=halo, blend=blend, returns="logits", normalization="none")
+                assert np.abs(tiled - padded_ref).max() <= INTERIOR_TOL, (name, blend, (h, w))
+                assert np.abs(tiled[interior] - plain[interior]).max() <= INTERIOR_TOL
+                differing = tiled[interior].argmax(0) != plain[interior].argmax(0)
+                assert not (differing & (_lead(plain[interior]) > INTERIOR_TOL)).any(), (
+                    name, blend, int(differing.sum()))
 
 
 @pytest.mark.parametrize("name", ["unet-tiny", "unet-valid-tiny",
