@@ -23,7 +23,7 @@ from tilesegment.read.array import ArrayRaster
 
 ROOT = Path(__file__).resolve().parents[1]
 NODATA = -9999.0
-UNET = dict(model="unet-tiny", classes=3, seed=7, normalization="raster", tile=128, halo=52,
+UNET = dict(model="unet-tiny", classes=3, seed=7, normalization="raster", tile=128, halo=48,
             block_size=152)
 
 
