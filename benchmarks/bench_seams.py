@@ -6,7 +6,7 @@ network over the whole normalised raster, in the interior (100 px from every edg
 halos off and on the pooling grid, under ``crop`` and ``gaussian``; with the seconds of
 each run (same machine, same process, side by side).
 
-    python benchmarks/bench_seams.py            # writes benchmarks/results/seams.json
+    python benchmarks/bench_seams.py   # benchmarks/results/seams.json, docs/img/seams-phase.png
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
         whole = net(torch.from_numpy(x.astype(np.float32))[None])[0].numpy()
     inner = (slice(None), slice(EDGE, SIDE - EDGE), slice(EDGE, SIDE - EDGE))
     rows = []
+    maps = {}
     for halo, note in CASES:
         for blend in ("crop", "gaussian"):
             # A module passed as such is probed (stride unknown): an off-grid halo runs.
@@ -54,6 +55,8 @@ def main() -> None:
                                 returns="logits", normalization="raster", **kwargs)
                 seconds = time.perf_counter() - t0
             diff = np.abs(tiled[inner] - whole[inner])
+            if blend == "crop":
+                maps[halo] = tiled.argmax(0) != whole.argmax(0)
             labels = float((tiled[inner].argmax(0) != whole[inner].argmax(0)).mean())
             rows.append({"halo": halo, "blend": blend, "note": note,
                          "max_abs_logit_diff": float(diff.max()),
@@ -66,6 +69,37 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"), "rows": rows}
     path = Path(__file__).parent / "results" / "seams.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path}")
+    _figure(whole.argmax(0), maps, rows)
+
+
+def _figure(labels: np.ndarray, maps: dict[int, np.ndarray], rows: list[dict]) -> None:
+    """Whole-image labels, and where tiled labels differ from them at halo 52 and 56."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pct = {(r["halo"], r["blend"]): r["labels_differing_pct"] for r in rows}
+    fig, axes = plt.subplots(1, 3, figsize=(12, 5), layout="constrained")
+    cmap = plt.get_cmap("gray_r").copy()
+    cmap.set_bad("#c6dbef")  # the border band: the plain pass pads with zeros, not a mirror
+    axes[0].imshow(labels, cmap="viridis", interpolation="nearest")
+    axes[0].set_title("one whole-image pass: labels")
+    for ax, halo in zip(axes[1:], (52, 56), strict=True):
+        shown = maps[halo].astype(np.float32)
+        shown[:EDGE], shown[-EDGE:], shown[:, :EDGE], shown[:, -EDGE:] = (np.nan,) * 4
+        ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=0, vmax=1)
+        ax.set_title(f"tiled, halo {halo}: labels that differ\n"
+                     f"({pct[(halo, 'crop')]:.1f} % of the interior)")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"unet-tiny, tile {TILE}: a halo off the 8-px pooling grid (52) shifts every "
+                 "tile's pooling phase;\non the grid (56) the tiles equal the whole pass "
+                 f"(blue: the {EDGE}-px border, not compared)")
+    path = Path(__file__).parents[1] / "docs" / "img" / "seams-phase.png"
+    fig.savefig(path, dpi=80)
     print(f"wrote {path}")
 
 
