@@ -17,3 +17,14 @@ def test_ruff_is_clean():
     result = subprocess.run(["ruff", "check", "--no-cache", str(ROOT)], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def test_plain_pytest_collects_every_module():
+    """One helper convention (``from tests.… import``): the suite collects under the plain
+    ``pytest`` command as under ``python -m pytest`` (which also puts the cwd on sys.path)."""
+    if shutil.which("pytest") is None:
+        pytest.skip("the pytest command is not on PATH")
+    result = subprocess.run(["pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+    assert "error" not in result.stdout.splitlines()[-1]

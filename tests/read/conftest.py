@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from read_helpers import NODATA, Written, write_geotiff, write_pyramid
+
+from tests.read.read_helpers import NODATA, Written, write_geotiff, write_pyramid
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from read_helpers import Written
 
+from tests.read.read_helpers import Written
 from tilesegment.read import Raster, open_raster
 
 

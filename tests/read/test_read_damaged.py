@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from read_helpers import Written
 
+from tests.read.read_helpers import Written
 from tilesegment.errors import DamagedInputError, InputError
 from tilesegment.read import open_raster
 

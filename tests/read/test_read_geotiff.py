@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import rasterio
 import tifffile
-from read_helpers import CRS, NODATA, TRANSFORM, Written, write_geotiff
 
+from tests.read.read_helpers import CRS, NODATA, TRANSFORM, Written, write_geotiff
 from tilesegment.errors import DamagedInputError, GeometryError, InputError
 from tilesegment.read import open_raster
 from tilesegment.read.geotiff import GeoTiffRaster

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from read_helpers import NODATA, Written, write_geotiff
 
+from tests.read.read_helpers import NODATA, Written, write_geotiff
 from tilesegment.errors import GeometryError, InputError
 from tilesegment.read import open_raster
 from tilesegment.read.resample import ResampledRaster

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from read_helpers import Written
 
+from tests.read.read_helpers import Written
 from tilesegment.errors import InputError
 from tilesegment.read import open_raster
 from tilesegment.read.slide import SlideRaster
