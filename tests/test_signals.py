@@ -159,3 +159,22 @@ def test_run_restores_the_signal_handlers(tmp_path, fails):
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("command", [["info", "x.tif"], ["evaluate", "x.tif", "y.tif"]])
+def test_ctrl_c_outside_run_does_not_claim_an_output_was_removed(monkeypatch, command):
+    """Only `run` writes: Ctrl-C during `info` or `evaluate` says "Interrupted." alone."""
+    import tilesegment.evaluation
+    import tilesegment.read
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tilesegment.read, "open_raster", ctrl_c)
+    monkeypatch.setattr(tilesegment.evaluation, "evaluate", ctrl_c)
+    with CliRunner().isolated_filesystem():
+        for name in ("x.tif", "y.tif"):
+            Path(name).write_bytes(b"")
+        result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 130
+    assert result.output.strip().splitlines()[-1] == "Interrupted."

@@ -33,8 +33,10 @@ class TilesegmentGroup(click.Group):
             # Ctrl-C, or SIGTERM/SIGHUP during `run` (its Interrupted carries the signal)
             signum = getattr(exc, "signum", signal.SIGINT)
             how = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            # only `run` writes, and it has removed its partial output by now
+            done = ": partial output removed." if ctx.invoked_subcommand == "run" else "."
             with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be told
-                click.echo(f"Interrupted{how}: partial output removed.", err=True)
+                click.echo(f"Interrupted{how}{done}", err=True)
             ctx.exit(128 + signum)
 
 
