@@ -219,3 +219,22 @@ def test_dashboard_needs_local_cluster(tmp_path):
     assert result.exit_code == 2, result.output
     assert "--dashboard needs --local-cluster" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+@pytest.mark.slow
+def test_local_cluster_progress_goes_to_stderr(tmp_path):
+    """stdout carries the run's result only; the progress bar is drawn on stderr, as for
+    the local scheduler."""
+    from click.testing import CliRunner
+
+    from tilesegment.cli.main import cli
+
+    src = write_input(tmp_path / "in.tif")
+    result = CliRunner().invoke(cli, ["run", str(src), "-o", str(tmp_path / "o.zarr"),
+                                      "--model", "identity", "--local-cluster", "2",
+                                      "--progress", "--tile", "32", "--halo", "0",
+                                      "--block-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "Completed" not in result.stdout and "#" not in result.stdout
+    assert result.stdout.startswith("wrote ")
+    assert "#" in result.stderr

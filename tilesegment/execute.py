@@ -31,10 +31,11 @@ def compute(tasks: list, scheduler: Any = None, workers: int = 1, progress: bool
     with _client(scheduler) as client:
         futures = client.compute(tasks)
         try:
-            if progress:
+            if progress:  # distributed draws on stdout; stdout is for results
                 from distributed import progress as show
 
-                show(futures)
+                with contextlib.redirect_stdout(sys.stderr):
+                    show(futures)
             return client.gather(futures)
         except BaseException:
             client.cancel(futures)  # stop the other blocks: the run has failed

@@ -96,3 +96,12 @@ def test_module_function_and_torchscript(tmp_path, image, monkeypatch):
              "--halo", "4")
     assert r.exit_code == 0, r.output
     sys.modules.pop("mymodels", None)
+
+
+@pytest.mark.parametrize("typo,meant", [("unet-tiy", "unet-tiny"), ("fcn8", "fcn8s"),
+                                        ("deeplab-largefow", "deeplab-largefov")])
+def test_a_mistyped_model_name_gets_did_you_mean(tmp_path, image, typo, meant):
+    r = _run("run", image, "-o", tmp_path / "o.zarr", "--model", typo)
+    assert r.exit_code == 1
+    assert f"did you mean '{meant}'?" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o.zarr").exists()

@@ -188,10 +188,15 @@ def _kind(value: str) -> str:
 
     if ensure_model(value):
         return "registered"
+    import difflib
+
     broken = plugin_errors()
     extra = f"; broken plugins: {'; '.join(broken.values())}" if broken else ""
-    raise ModelError(f"unknown model {value!r}: not a registered name ({', '.join(list_models())})"
-                     f", a checkpoint, a TorchScript file or package.module:function{extra}")
+    close = difflib.get_close_matches(value, list_models(), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ModelError(f"unknown model {value!r}: {hint}not a registered name "
+                     f"({', '.join(list_models())}), a checkpoint, a TorchScript file or "
+                     f"package.module:function{extra}")
 
 
 def _load_torchscript(path: Path) -> nn.Module:
