@@ -315,3 +315,23 @@ def test_every_registered_model_has_a_measured_working_memory() -> None:
     from tilesegment.models.registry import list_models
 
     assert set(list_models()) <= set(limits.WORKING_BYTES_PER_PIXEL)
+
+
+# -- the output, checked before the model -------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["exists", "is-the-input", "unknown-extension"])
+def test_output_problems_are_refused_before_the_model(tmp_path: Path, scene: Path,
+                                                      marker_model, what: str) -> None:
+    """An existing output without --overwrite, an output that is the input and an unknown
+    extension are refused before the model is built or a pixel read (the scene's blocks
+    are garbage: a read would fail differently)."""
+    model, marker = marker_model
+    out = {"exists": tmp_path / "old.tif", "is-the-input": scene,
+           "unknown-extension": tmp_path / "mask.png"}[what]
+    if what == "exists":
+        out.write_bytes(b"an earlier file")
+    line = failed(invoke("run", scene, "-o", out, "--model", model, "--classes", "2"))
+    assert {"exists": "exists", "is-the-input": "an input of this run",
+            "unknown-extension": "not supported"}[what] in line
+    assert not marker.exists()

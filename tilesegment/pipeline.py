@@ -156,6 +156,14 @@ def segment(
                     workers=workers)
     raster = open_raster(source, level=level, mpp=mpp)
     shape = (raster.height, raster.width)
+    inputs = _run_inputs(source, raster, model, weights, backbone_weights, protect)
+    if output is not None:  # refused here, before any model is built or pixel read
+        from tilesegment.write import check_output
+
+        check_output(output, overwrite=overwrite, cog=cog, inputs=inputs,
+                     layers=[name for name, wanted in (("probabilities", save_probabilities),
+                                                       ("disagreement", save_disagreement))
+                             if wanted])
     local = scheduler is None or scheduler in ("threads", "synchronous")
     n_workers = workers or available_cores()
     budget = _Budget(raster=raster, block_size=block_size, batch_size=batch_size,
@@ -212,13 +220,8 @@ def segment(
                 save_probabilities=save_probabilities, save_disagreement=save_disagreement,
                 provenance=_provenance(raster, mspec, resolved, weights, tspec, block,
                                        normalization, seed, crf, backbone_weights))
-            inputs = [p for p in (source if isinstance(source, str | Path) else None,
-                                  raster.source, weights, backbone_weights,
-                                  model if isinstance(model, str | Path)
-                                  and Path(model).is_file() else None,
-                                  *protect) if p]
             target = create_output(output, meta, overwrite=overwrite, cog=cog,
-                                   inputs=[p for p in inputs if isinstance(p, str | Path)])
+                                   inputs=inputs)
         mean, std = _normalization(normalization, mspec, raster)
         crf_params, crf_range = _crf_settings(crf, raster)
         job = BlockJob(raster=raster, spec=tspec, recipe=recipe, mean=mean, std=std,
@@ -252,6 +255,16 @@ def segment(
                   "block": list(block)},
         nonfinite_input_pixels=nonfinite["nonfinite"],
         nonfinite_logit_pixels=nonfinite["faults"])
+
+
+def _run_inputs(source: Any, raster, model: Any, weights, backbone_weights,
+                protect) -> list[str | Path]:
+    """The files a run reads, which its output must never replace, hold or lie inside."""
+    found = (source if isinstance(source, str | Path) else None, raster.source, weights,
+             backbone_weights,
+             model if isinstance(model, str | Path) and Path(model).is_file() else None,
+             *protect)
+    return [p for p in found if p and isinstance(p, str | Path)]
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")

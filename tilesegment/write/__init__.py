@@ -26,7 +26,8 @@ from tilesegment.write import atomic, guard
 from tilesegment.write.base import Output
 from tilesegment.write.meta import OutputMeta, output_layers
 
-__all__ = ["Output", "OutputMeta", "create_output", "output_kind", "read_output_meta"]
+__all__ = ["Output", "OutputMeta", "check_output", "create_output", "output_kind",
+           "read_output_meta"]
 
 SUPPORTED_EXTENSIONS = {".zarr": "zarr", ".tif": "geotiff", ".tiff": "geotiff"}
 
@@ -42,6 +43,49 @@ def output_kind(path: str | Path) -> str:
             f"cannot write {path}: {shown} is not supported "
             f"(supported: {', '.join(SUPPORTED_EXTENSIONS)})"
         ) from None
+
+
+def check_output(
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    cog: bool = False,
+    inputs: Iterable[str | Path] = (),
+    layers: Iterable[str] = (),
+) -> str:
+    """Every check :func:`create_output` makes before writing, without writing: the kind
+    from the extension (returned), ``cog`` only for GeoTIFF, no output path (nor a GeoTIFF's
+    ``layers`` siblings) that is, holds or lies inside one of ``inputs``, nothing there that
+    may not be replaced, nor anything at all without ``overwrite``. What a killed earlier
+    run left half-published at ``path`` is completed first. ``segment()`` calls it before
+    it builds a model; ``create_output`` again before it creates anything."""
+    final = Path(path).expanduser().absolute()
+    kind = output_kind(final)
+    if kind == "zarr" and cog:
+        raise OutputError(f"cannot write {final}: cog applies to GeoTIFF outputs only")
+    finals = [final]
+    if kind == "geotiff":
+        from tilesegment.write.geotiff_output import sibling_path
+
+        finals += [sibling_path(final, layer) for layer in layers]
+    sources = [Path(p).expanduser().absolute() for p in inputs]
+    for final_path in finals:
+        guard.check_inputs(final_path, sources)
+    try:
+        recovered = atomic.recover(final)
+    except OSError as exc:
+        raise OutputError(f"cannot recover the interrupted output at {final}: {exc}") from exc
+    for note in recovered:
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+    for final_path in finals:
+        guard.check_replaceable(final_path, kind, overwrite=overwrite)
+    return kind
+
+
+def _extra_layers(meta: OutputMeta) -> list[str]:
+    """The layers besides the mask that ``meta`` asks for."""
+    return [layer for layer, wanted in (("probabilities", meta.save_probabilities),
+                                        ("disagreement", meta.save_disagreement)) if wanted]
 
 
 def create_output(
@@ -64,11 +108,10 @@ def create_output(
     makes Cloud-Optimized GeoTIFFs with overviews. The parent directory is created if needed.
     """
     final = Path(path).expanduser().absolute()
-    kind = output_kind(final)
+    kind = check_output(final, overwrite=overwrite, cog=cog, inputs=inputs,
+                        layers=_extra_layers(meta))
     output: Output
     if kind == "zarr":
-        if cog:
-            raise OutputError(f"cannot write {final}: cog applies to GeoTIFF outputs only")
         from tilesegment.write.zarr_output import ZarrOutput
 
         output = ZarrOutput(final, meta, overwrite=overwrite)
@@ -76,17 +119,6 @@ def create_output(
         from tilesegment.write.geotiff_output import GeoTiffOutput
 
         output = GeoTiffOutput(final, meta, overwrite=overwrite, cog=cog)
-    sources = [Path(p).expanduser().absolute() for p in inputs]
-    for final_path in output.final_paths:
-        guard.check_inputs(final_path, sources)
-    try:
-        recovered = atomic.recover(final)
-    except OSError as exc:
-        raise OutputError(f"cannot recover the interrupted output at {final}: {exc}") from exc
-    for note in recovered:
-        warnings.warn(note, RuntimeWarning, stacklevel=2)
-    for final_path in output.final_paths:
-        guard.check_replaceable(final_path, kind, overwrite=overwrite)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         output._create()
