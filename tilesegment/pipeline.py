@@ -203,7 +203,8 @@ def segment(
         weights=str(weights) if weights else None, seed=seed, device=device,
         backbone_weights=str(backbone_weights) if backbone_weights else None,
         batch_size=batch_size, channels_last=channels_last, torch_threads=1)
-    if module is None and weights is None and get_entry(mspec.name).trainable:
+    random_weights = module is None and weights is None and get_entry(mspec.name).trainable
+    if random_weights:
         warnings.warn(random_weights_message(mspec.name, backbone_only=bool(backbone_weights)),
                       RandomWeightsWarning, stacklevel=2)
 
@@ -252,7 +253,7 @@ def segment(
         tiles=sum(r["tiles"] for r in results), blocks=len(windows),
         seconds=time.perf_counter() - started,
         settings={"tile": tspec.tile, "halo": tspec.halo, "shrink": tspec.shrink,
-                  "block": list(block)},
+                  "block": list(block), "random_weights": random_weights},
         nonfinite_input_pixels=nonfinite["nonfinite"],
         nonfinite_logit_pixels=nonfinite["faults"])
 
@@ -547,7 +548,8 @@ def _provenance(raster, mspec, resolved, weights, tspec, block, normalization, s
         "weights": str(weights) if weights else None,
         "weights_sha256": None,
         "backbone_weights": str(backbone_weights) if backbone_weights else None,
-        "random_weights": weights is None and resolved.kind == "registered",
+        "random_weights": (weights is None and resolved.kind == "registered"
+                           and get_entry(mspec.name).trainable),
         "model_kind": resolved.kind,
         "model_source": resolved.source,
         "seed": seed,

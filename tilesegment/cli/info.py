@@ -50,9 +50,11 @@ def _output_check(source: str) -> dict | None:
         return None
     problems = output_problems(meta)
     completion = meta.get("completion") or {}
+    prov = meta.get("provenance") or {}
     return {"path": meta["path"], "complete": not problems,
             "run_id": completion.get("run_id"), "layers": meta["layers"],
-            "problems": problems}
+            "problems": problems, "model": prov.get("model"),
+            "random_weights": bool(prov.get("random_weights"))}
 
 
 def _print(desc: dict) -> None:
@@ -85,3 +87,7 @@ def _print(desc: dict) -> None:
         run = f", run {check['run_id']}" if check.get("run_id") else ""
         click.echo(f"  output    tilesegment {state}{run}; layers "
                    f"{', '.join(check['layers'])}")
+        if check.get("model"):
+            note = (" with RANDOM weights: the mask is a test fixture, it means nothing"
+                    if check.get("random_weights") else "")
+            click.echo(f"  model     {check['model']}{note}")

@@ -258,6 +258,9 @@ def _report(summary) -> None:
         click.echo(f"  {name:<16} {count / total:7.2%}")
     if summary.nodata_pixels:
         click.echo(f"  {'(nodata)':<16} {summary.nodata_pixels} px")
+    if summary.settings.get("random_weights"):
+        click.echo("  RANDOM weights: this mask is a test fixture, it means nothing "
+                   "(pass --weights or a trained checkpoint)")
     if summary.nonfinite_logit_pixels:
         click.echo(f"  {'(NaN/inf logits)':<16} {summary.nonfinite_logit_pixels} px "
                    "(nodata in the mask)")

@@ -123,10 +123,20 @@ class Report:
             writer.writerow({"class": "all", "name": key, "iou": _fmt(value, raw=True)})
         return buf.getvalue()
 
+    @property
+    def random_weights_warning(self) -> str | None:
+        """A warning line when the prediction came from a model with random weights."""
+        model = self.settings.get("random_weights")
+        if not model:
+            return None
+        return (f"WARNING: the prediction was made by {model!r} with RANDOM weights: these "
+                "scores measure a test fixture, not a model")
+
     def table(self) -> str:
         """A plain-text table for the terminal."""
-        lines = [f"{'class':<20}{'IoU':>8}{'Dice':>8}{'prec.':>8}{'recall':>8}"
-                 f"{'support':>14}"]
+        lines = [self.random_weights_warning, ""] if self.random_weights_warning else []
+        lines.append(f"{'class':<20}{'IoU':>8}{'Dice':>8}{'prec.':>8}{'recall':>8}"
+                     f"{'support':>14}")
         for row in self.per_class:
             if row["absent"]:
                 lines.append(f"{row['name']:<20}{'absent':>8}")
@@ -163,6 +173,8 @@ class Report:
         PNG path relative to the report."""
         figures = self.figures if figures is None else figures
         out = ["# Segmentation evaluation", ""]
+        if self.random_weights_warning:
+            out += [f"**{self.random_weights_warning}**", ""]
         for key, value in self.sources.items():
             out.append(f"- {key}: `{value}`")
         out.append(f"- pixels counted: {self.settings.get('pixels_counted', 0):,}")

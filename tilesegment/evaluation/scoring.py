@@ -104,7 +104,15 @@ def evaluate(
         "ignore_index": ignore_index, "instances": instances,
         "mapping": {str(a): b for a, b in (mapping or {}).items()},
         "resample_truth": resample_truth, "allow_crs_alias": allow_crs_alias,
-        "pixels_counted": int(confusion.sum()), "shape": list(shape)})
+        "pixels_counted": int(confusion.sum()), "shape": list(shape),
+        "random_weights": _random_weights_model(meta)})
+
+
+def _random_weights_model(meta: dict | None) -> str | None:
+    """The model's name when the prediction was made with random weights (its provenance
+    says so), else ``None``."""
+    prov = (meta or {}).get("provenance") or {}
+    return prov.get("model") or "?" if prov.get("random_weights") else None
 
 
 def _pad(cm: np.ndarray, k: int) -> np.ndarray:
