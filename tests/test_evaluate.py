@@ -258,3 +258,26 @@ def test_blended_run_disagreement_is_reported(tmp_path):
     with pytest.raises(Exception, match="needs --blend gaussian"):
         segment(image, tmp_path / "c.zarr", save_disagreement=True, model="unet-tiny",
                 classes=3, tile=64, halo=16)
+
+
+@pytest.mark.parametrize("wrong_where", ["ignored", "counted"])
+def test_error_preview_paints_only_counted_pixels_red(tmp_path, wrong_where):
+    """Pixels left out by --ignore-index (or truth nodata) are grey in the error panel, never
+    red; a wrong pixel that is counted is red (the control)."""
+    from matplotlib.image import imread
+
+    pred = np.zeros((64, 64), np.uint8)
+    truth = np.zeros((64, 64), np.uint8)
+    truth[:, :20] = 255            # ignored: the prediction says 0 there, "wrong" if counted
+    truth[40:, 40:] = 7            # truth nodata
+    if wrong_where == "counted":
+        pred[10:30, 30:50] = 1     # really wrong, and counted
+    georef = Georef()
+    report = evaluate(ArrayRaster(pred[None], georef=georef),
+                      ArrayRaster(truth[None], georef=georef, nodata=7), num_classes=2,
+                      ignore_index=255, figures_dir=tmp_path)
+    assert report.measures["pixel_accuracy"] == (1.0 if wrong_where == "ignored" else
+                                                 pytest.approx(1 - 400 / (64 * 64 - 1280 - 576)))
+    png = (imread(tmp_path / "preview.png")[..., :3] * 255).round().astype(int)
+    red = (png == (220, 30, 30)).all(axis=-1).sum()
+    assert (red > 0) == (wrong_where == "counted")

@@ -35,6 +35,20 @@ def _as_labels(values: np.ndarray, what: str) -> np.ndarray:
     return values.astype(np.int64, copy=False)
 
 
+def truth_counted(truth: np.ndarray, rules: LabelRules) -> np.ndarray:
+    """``bool (h, w)``: the truth pixels the counts use — not truth nodata, not NaN, not
+    ``ignore_index`` (the prediction's nodata is the caller's to add)."""
+    keep = np.ones(truth.shape, dtype=bool)
+    if rules.truth_nodata is not None:
+        keep &= ~(np.isnan(truth) if np.isnan(rules.truth_nodata) else
+                  truth == rules.truth_nodata)
+    if np.issubdtype(truth.dtype, np.floating):
+        keep &= ~np.isnan(truth)
+    if rules.ignore_index is not None:
+        keep &= truth != rules.ignore_index
+    return keep
+
+
 def count_block(pred: np.ndarray, truth: np.ndarray, rules: LabelRules,
                 extra_ignore: np.ndarray | None = None) -> np.ndarray:
     """Confusion ``int64 (M, M)`` of one block: ``pred`` and ``truth`` are ``(h, w)``.

@@ -75,15 +75,18 @@ def confusion_heatmap(report: Report, path: str | Path) -> Path:
 
 def error_preview(prediction: Raster, truth: np.ndarray, path: str | Path,
                   colors: list[tuple[int, int, int]], image: Raster | None = None,
-                  max_side: int = 1024, pred_nodata: float | None = None) -> Path:
+                  max_side: int = 1024, pred_nodata: float | None = None,
+                  counted: np.ndarray | None = None) -> Path:
     """Three panels at thumbnail scale: the image (if given), the predicted mask over it,
-    and the errors (red: wrong class; grey: not counted). ``truth`` is the thumbnail of the
+    and the errors (red: wrong class; grey: not counted — nodata of either side, or truth
+    left out by ``counted``, e.g. ``--ignore-index``). ``truth`` is the thumbnail of the
     truth already on the prediction's grid, ``(h, w)`` class ids."""
     plt = _pyplot()
 
     pred = decimate(prediction, max_side)[0]
     palette = np.array(list(colors) + [(0, 0, 0)] * 256, dtype=np.uint8)
     valid = np.ones(pred.shape, bool) if pred_nodata is None else pred != pred_nodata
+    scored = valid if counted is None else valid & counted[:pred.shape[0], :pred.shape[1]]
     overlay = palette[np.where(valid, pred, 0).astype(np.int64) % len(palette)]
     base = None
     if image is not None:
@@ -94,9 +97,9 @@ def error_preview(prediction: Raster, truth: np.ndarray, path: str | Path,
         base = base[:pred.shape[0], :pred.shape[1]]
         overlay = (0.55 * base * 255 + 0.45 * overlay).astype(np.uint8)
     errors = np.full((*pred.shape, 3), 255, np.uint8)
-    errors[valid & (pred == truth)] = (225, 240, 225)
-    errors[valid & (pred != truth)] = (220, 30, 30)
-    errors[~valid] = (160, 160, 160)
+    errors[scored & (pred == truth)] = (225, 240, 225)
+    errors[scored & (pred != truth)] = (220, 30, 30)
+    errors[~scored] = (160, 160, 160)
     panels = [("image", base)] if base is not None else []
     panels += [("prediction", overlay), ("errors (red)", errors)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), dpi=120)

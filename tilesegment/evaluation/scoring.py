@@ -184,7 +184,7 @@ def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, met
     folder.mkdir(parents=True, exist_ok=True)
     report = Report.build(confusion, class_names)
     heat = confusion_heatmap(report, folder / "confusion.png")
-    truth = _thumbnail_truth(pred, gt, sampler, rules)
+    truth, counted = _thumbnail_truth(pred, gt, sampler, rules)
     colors = (meta or {}).get("class_colors") or [PALETTE[i % len(PALETTE)]
                                                   for i in range(confusion.shape[0])]
     if image is None and meta:
@@ -198,7 +198,7 @@ def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, met
         if picture.shape[1:] != pred.shape[1:]:
             picture = None  # a different grid (e.g. --mpp resampled run): no underlay
     preview = error_preview(pred, truth, folder / "preview.png", colors, picture,
-                            pred_nodata=pred.nodata)
+                            pred_nodata=pred.nodata, counted=counted)
     figures = {"confusion matrix": heat.name, "prediction and errors": preview.name}
     if disagreement is not None:
         figures["where blended tiles disagree"] = disagreement_map(
@@ -206,20 +206,24 @@ def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, met
     return figures
 
 
-def _thumbnail_truth(pred, gt, sampler, rules) -> np.ndarray:
-    """The truth, as class ids, at the prediction thumbnail's pixels."""
+def _thumbnail_truth(pred, gt, sampler, rules) -> tuple[np.ndarray, np.ndarray]:
+    """The truth at the prediction thumbnail's pixels: class ids ``int64 (h, w)``, and
+    ``bool (h, w)`` where it is counted (not nodata, not ``--ignore-index``)."""
+    from tilesegment.evaluation.confusion import truth_counted
     from tilesegment.evaluation.figures import decimate
 
     if sampler is None:
-        t = decimate(gt)[0].astype(np.int64)
+        raw = decimate(gt)[0]
     else:
         step = max(1, -(-max(pred.height, pred.width) // 1024))
         rows = np.arange(0, pred.height, step)
         cols = np.arange(0, pred.width, step)
-        t = np.stack([sampler.read((int(r), int(r) + 1, 0, pred.width))[0][0, cols]
-                      for r in rows]).astype(np.int64)
+        raw = np.stack([sampler.read((int(r), int(r) + 1, 0, pred.width))[0][0, cols]
+                        for r in rows])
+    counted = truth_counted(raw, rules)
+    t = np.where(counted, raw, 0).astype(np.int64)
     if rules.instances:
         t = (t > 0).astype(np.int64)
     for a, b in rules.mapping:
         t[t == a] = b
-    return t
+    return t, counted
