@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tilesegment import segment
 from tilesegment.models.crf import CRFParams, crf_halo, dense_crf
@@ -49,3 +50,20 @@ def test_crf_without_halo_would_show_seams():
             win = (slice(None), slice(r, r + 50), slice(c, c + 50))
             pieces[win] = crf_block(probs[win], image[win], 0, params, origin=(r, c))
     assert np.abs(pieces - whole).max() > 0.1
+
+
+def test_crf_without_pydensecrf_is_one_clear_error(monkeypatch, tmp_path):
+    """pydensecrf2 is an optional extra (it compiles): without it, --crf fails at once,
+    naming the extra, before the raster is read or the model built; runs without --crf
+    do not need it."""
+    import sys
+
+    from tilesegment.errors import ModelError
+
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # what an install without it gives
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    image = _image()
+    with pytest.raises(ModelError, match=r"pip install 'tilesegment\[crf\]'"):
+        segment(image, tmp_path / "o.zarr", model="unet-tiny", classes=3, crf=True)
+    assert not (tmp_path / "o.zarr").exists()
+    segment(image, model="unet-tiny", classes=3, tile=128, halo=48)  # no CRF: fine

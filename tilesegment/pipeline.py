@@ -154,6 +154,10 @@ def segment(
                     batch_size=batch_size, block_size=block_size, device=device,
                     normalization=normalization, save_disagreement=save_disagreement,
                     workers=workers)
+    if crf is not None and crf is not False:
+        from tilesegment.models.crf import require_pydensecrf
+
+        require_pydensecrf()  # an optional extra: said before anything is read or built
     raster = open_raster(source, level=level, mpp=mpp)
     shape = (raster.height, raster.width)
     inputs = _run_inputs(source, raster, model, weights, backbone_weights, protect)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tilesegment.errors import ModelError
+
 Halo = int | tuple[int, int, int, int]
 ImageRange = tuple[float | Sequence[float], float | Sequence[float]]
 
@@ -164,6 +166,16 @@ def _kernels(shape: tuple[int, int], image8: np.ndarray, params: CRFParams,
     return kernels
 
 
+def require_pydensecrf() -> None:
+    """ModelError unless pydensecrf2, an optional extra, can be imported."""
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        raise ModelError("the dense CRF (--crf) needs pydensecrf2, an optional extra: "
+                         "pip install 'tilesegment[crf]' (it compiles: a C++ compiler is "
+                         "needed)") from None
+
+
 def dense_crf(probabilities: np.ndarray, image: np.ndarray, params: CRFParams | None = None,
               *, image_range: ImageRange | None = None,
               origin: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -175,6 +187,7 @@ def dense_crf(probabilities: np.ndarray, image: np.ndarray, params: CRFParams | 
     pixel, when the arrays are a window of a larger raster (see :func:`crf_block`).
     Single-threaded, and it holds the GIL throughout: parallel blocks need processes.
     """
+    require_pydensecrf()
     import pydensecrf.densecrf as dcrf
 
     params = params or CRFParams()
