@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -216,6 +217,8 @@ def segment(
     try:
         # The model, its weights and the device are checked before anything is written.
         validate_recipe(recipe, local)
+        mean, std = _normalization(normalization, mspec, raster)
+        crf_params, crf_range = _crf_settings(crf, raster)
         if output is not None:
             from tilesegment.write import OutputMeta, create_output
 
@@ -224,11 +227,10 @@ def segment(
                 class_colors=mspec.class_colors, georef=raster.georef, block_shape=block,
                 save_probabilities=save_probabilities, save_disagreement=save_disagreement,
                 provenance=_provenance(raster, mspec, resolved, weights, tspec, block,
-                                       normalization, seed, crf, backbone_weights))
+                                       normalization, seed, crf, backbone_weights,
+                                       stats=(mean, std), mpp=mpp))
             target = create_output(output, meta, overwrite=overwrite, cog=cog,
                                    inputs=inputs)
-        mean, std = _normalization(normalization, mspec, raster)
-        crf_params, crf_range = _crf_settings(crf, raster)
         job = BlockJob(raster=raster, spec=tspec, recipe=recipe, mean=mean, std=std,
                        pad_value=pad_value, output=target,
                        mask_nodata=int(np.iinfo(mask_dtype).max), mask_dtype=mask_dtype.str,
@@ -543,33 +545,47 @@ def _crf_settings(crf: Any, raster) -> tuple[Any, Any]:
 
 
 def _provenance(raster, mspec, resolved, weights, tspec, block, normalization, seed,
-                crf=None, backbone_weights=None) -> dict:
+                crf=None, backbone_weights=None, stats=(None, None), mpp=None) -> dict:
+    """What made the output: versions, the model and the sha256 of every weights file
+    (absolute paths), the geometry, the normalisation with the statistics actually used."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from tilesegment import __version__
+    from tilesegment.models.weights import file_sha256
+
+    torch = sys.modules.get("torch")  # the build actually loaded (e.g. "2.14.1+cu130")
+    try:
+        torch_version = torch.__version__ if torch is not None else version("torch")
+    except PackageNotFoundError:  # pragma: no cover - torch is a dependency
+        torch_version = None
+    mean, std = stats
 
     prov = {
         "tilesegment_version": __version__,
+        "torch_version": torch_version,
         "model": mspec.name,
-        "weights": str(weights) if weights else None,
+        "weights": _absolute(str(weights)) if weights else None,
         "weights_sha256": None,
-        "backbone_weights": str(backbone_weights) if backbone_weights else None,
+        "backbone_weights": _absolute(str(backbone_weights)) if backbone_weights else None,
+        "backbone_weights_sha256": file_sha256(backbone_weights) if backbone_weights else None,
         "random_weights": (weights is None and resolved.kind == "registered"
                            and get_entry(mspec.name).trainable),
         "model_kind": resolved.kind,
-        "model_source": resolved.source,
+        "model_source": _absolute(resolved.source) if resolved.source else None,
         "seed": seed,
         "tile": tspec.tile, "halo": tspec.halo, "shrink": tspec.shrink,
         "pad_mode": tspec.pad_mode, "blend": tspec.blend, "blend_margin": tspec.blend_margin,
         "block": list(block),
         "normalization": normalization if isinstance(normalization, str | None)
         else [list(map(float, v)) for v in normalization],
+        "normalization_used": None if mean is None else {
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
         "crf": None if crf is None or crf is False else (
             {} if crf is True else dataclasses.asdict(crf)),
         "input": {"path": _absolute(raster.source), "shape": list(raster.shape),
-                  "dtype": str(np.dtype(raster.dtype)), "level": raster.level},
+                  "dtype": str(np.dtype(raster.dtype)), "level": raster.level, "mpp": mpp},
     }
     if weights:
-        from tilesegment.models.weights import file_sha256
-
         prov["weights_sha256"] = file_sha256(weights)
     if resolved.card is not None:  # a checkpoint: its tensors' hash and training record
         prov["weights_sha256"] = resolved.card.sha256
