@@ -335,3 +335,19 @@ def test_output_problems_are_refused_before_the_model(tmp_path: Path, scene: Pat
     assert {"exists": "exists", "is-the-input": "an input of this run",
             "unknown-extension": "not supported"}[what] in line
     assert not marker.exists()
+
+
+def test_a_truth_off_the_mask_grid_is_refused_before_the_run(tmp_path: Path, scene: Path,
+                                                             marker_model) -> None:
+    """`run --truth` with a truth in another CRS fails before the model is built (today's
+    scene cannot even be read: a run that started would fail differently)."""
+    model, marker = marker_model
+    truth = tmp_path / "truth.tif"
+    with rasterio.open(truth, "w", driver="GTiff", height=300, width=300, count=1,
+                       dtype="uint8", crs="EPSG:4326",
+                       transform=rasterio.Affine(1.0, 0, 0.0, 0, -1.0, 300.0)) as ds:
+        ds.write(np.zeros((1, 300, 300), np.uint8))
+    line = failed(invoke("run", scene, "-o", tmp_path / "m.tif", "--model", model,
+                         "--classes", "2", "--truth", truth))
+    assert "CRS differ" in line
+    assert not marker.exists()

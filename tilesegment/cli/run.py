@@ -154,6 +154,12 @@ def run(source: str, output: str, model: str, weights: str | None,
                                  theta_alpha=crf_theta_alpha, theta_beta=crf_theta_beta,
                                  w2=crf_w2, theta_gamma=crf_theta_gamma)
 
+    if truth is not None:  # a truth off the mask's grid is refused before the run, not after
+        from tilesegment.evaluation.align import check_truth_for_run
+
+        check_truth_for_run(source, truth, level=level, mpp=mpp,
+                            allow_crs_alias=truth_settings.get("allow_crs_alias", False),
+                            resample_truth=truth_settings.get("resample_truth", False))
     # The output's lock before the cluster starts: a second run onto the same output is
     # refused before it spends anything (segment takes the same lock again, re-entrantly).
     with _stop_signals_handled(), output_lock(output), _cluster(local_cluster,

@@ -19,6 +19,19 @@ class GridMismatchError(InputError):
     """Prediction and truth lie on different pixel grids."""
 
 
+def check_truth_for_run(source, truth, *, level: int | None = None, mpp: float | None = None,
+                        allow_crs_alias: bool = False, resample_truth: bool = False) -> None:
+    """Before a run with ``--truth``: the truth must lie on the grid the run's mask will have
+    (the source's, at ``level``/``mpp``), unless it is to be resampled — so a mismatch is
+    refused before hours of segmentation, not after."""
+    from tilesegment.read import open_raster
+
+    gt = open_raster(truth)
+    if resample_truth:
+        return
+    check_same_grid(open_raster(source, level=level, mpp=mpp), gt, allow_crs_alias)
+
+
 def check_same_grid(pred: Raster, truth: Raster, allow_crs_alias: bool = False) -> None:
     """Raise :class:`GridMismatchError` (one line, saying what differs) unless both rasters
     share shape, transform and CRS (or pixel size, for rasters without CRS)."""
