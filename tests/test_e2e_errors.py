@@ -9,6 +9,7 @@ import struct
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import rasterio
@@ -275,3 +276,17 @@ def test_unknown_output_extension(tmp_path: Path) -> None:
     line = failed(invoke("run", source, "-o", tmp_path / "mask.png", *IDENTITY), 1)
     assert "mask.png" in line and ".png" in line
     assert listing(tmp_path) == {"scene.tif"}
+
+
+def test_run_help_groups_every_option_in_a_named_section():
+    from tilesegment.cli.run import RUN_SECTIONS, run
+
+    result = CliRunner().invoke(cli, ["run", "--help"])
+    assert result.exit_code == 0
+    titles = [title for title, _ in RUN_SECTIONS]
+    positions = [result.output.index(f"\n{title}:\n") for title in titles]
+    assert positions == sorted(positions)
+    named = {name for _, names in RUN_SECTIONS for name in names}
+    options = {p.name for p in run.params if isinstance(p, click.Option)}
+    assert options <= named, options - named  # only --help is left for "Other options"
+    assert result.output.split("Other options:\n")[1].split()[:2] == ["-h,", "--help"]

@@ -14,6 +14,7 @@ import click
 
 from tilesegment.cli.config import load_recipe
 from tilesegment.cli.evaluate import report_and_print, truth_options
+from tilesegment.cli.sections import SectionedCommand
 
 PAD_MODES = ("reflect", "symmetric", "edge", "constant")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -42,7 +43,23 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
         ctx, param)
 
 
-@click.command()
+RUN_SECTIONS = (
+    ("Input", ("source", "output", "config", "level", "mpp")),
+    ("Model", ("model", "weights", "backbone_weights", "classes", "normalization", "device",
+               "seed")),
+    ("Tiling", ("tile", "halo", "pad_mode", "pad_value", "blend", "batch_size",
+                "block_size")),
+    ("Output", ("save_probabilities", "save_disagreement", "cog", "overwrite")),
+    ("Execution", ("scheduler", "local_cluster", "dashboard", "workers", "progress")),
+    ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
+                   "crf_theta_beta", "crf_w2", "crf_theta_gamma")),
+    ("Scoring against a truth mask", ("truth", "ignore_index", "instances", "mapping",
+                                      "allow_crs_alias", "resample_truth", "seam_width",
+                                      "core", "json_out", "csv_out", "report_dir")),
+)
+
+
+@click.command(cls=SectionedCommand, sections=RUN_SECTIONS)
 @click.argument("source", type=click.Path(exists=True, dir_okay=True))
 @click.option("-o", "--output", type=click.Path(), required=True,
               help="Output mask: .zarr (Zarr v3) or .tif (GeoTIFF).")
