@@ -64,6 +64,10 @@ def test_saved_probabilities_argmax_is_the_saved_mask(tmp_path, suffix):
             mask = src.read(1)
         with rasterio.open(out.with_name("out.probabilities.tif")) as src:
             probs = src.read()
+            # float32 bands holding float16 values, and saying so
+            assert src.dtypes[0] == "float32" and src.tags()["VALUES_PRECISION"] == "float16"
+        finite = np.isfinite(probs)
+        assert (probs[finite].astype(np.float16).astype(np.float32) == probs[finite]).all()
     valid = ~np.isnan(image).any(axis=0)
     # the mask itself is right: the larger logit wins (independent of the code under test)
     assert (mask[valid] == (image[1] > image[0])[valid]).all()

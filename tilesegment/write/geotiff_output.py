@@ -4,7 +4,8 @@ Tasks cannot write a compressed GeoTIFF concurrently, so they fill a scratch
 :class:`~tilesegment.write.zarr_output.BlockStore` (``.<name>.partial-<token>.scratch.zarr``)
 and :meth:`GeoTiffOutput.finalize` writes ``.<name>.partial-<token>.tif`` window by window,
 renames it to the final name and removes the scratch. With ``save_probabilities`` a sibling
-``<stem>.probabilities<suffix>`` (K float32 bands, same georeference) is written the same
+``<stem>.probabilities<suffix>`` (K float32 bands holding float16 values exactly, tagged
+``VALUES_PRECISION=float16``; same georeference) is written the same
 way, and with ``save_disagreement`` a sibling ``<stem>.disagreement<suffix>`` (one uint8
 band: 1 where overlapping tiles disagree, 0 where they agree, nodata 255). Siblings are
 written and verified before the mask.
@@ -209,7 +210,8 @@ class GeoTiffOutput(Output):
             dtype=np.dtype(np.float32),
             nodata=float("nan"),
             descriptions=tuple(f"probability: {name}" for name in self.meta.class_names),
-            tags=self._tags(attrs, "probabilities"),
+            # GDAL 3.10 has no Float16 GeoTIFF: float16 values, exactly, in float32 bands
+            tags={**self._tags(attrs, "probabilities"), "VALUES_PRECISION": "float16"},
             resampling="AVERAGE",
             predictor=3,
         )
