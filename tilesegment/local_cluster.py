@@ -19,6 +19,8 @@ Worker processes import it too (the worker class travels by name).
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import Any
 
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
@@ -49,7 +51,16 @@ class LoopbackScheduler(Scheduler):
 
 
 class QuietWorker(Worker):
-    """A worker without an HTTP server (its metrics reach the scheduler over its comm)."""
+    """A worker without an HTTP server (its metrics reach the scheduler over its comm) that
+    leaves Ctrl-C and a closed terminal to the run: SIGINT and SIGHUP reach every process of
+    the job, and the run, not a dying worker, stops and closes the cluster (a worker's asyncio
+    runner would turn SIGINT into a KeyboardInterrupt traceback)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        if threading.current_thread() is threading.main_thread():  # its own process
+            for sig in (signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+        super().__init__(*args, **kwargs)
 
     def start_http_server(self, routes, dashboard_address, default_port=0,
                           ssl_options=None) -> None:

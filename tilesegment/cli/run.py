@@ -204,14 +204,15 @@ def _cluster(workers: int | None, dashboard: bool) -> Iterator[object]:
         return
     from tilesegment.execute import start_local_cluster
 
-    # A closed terminal sends SIGHUP to the whole job: this process stops the run and
-    # closes the cluster, so its worker processes (and multiprocessing's helper) must not
-    # die of it first. They inherit SIGHUP blocked from the threads that start them.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # A closed terminal sends SIGHUP, and Ctrl-C SIGINT, to the whole job: this process
+    # stops the run and closes the cluster, so its worker processes (and multiprocessing's
+    # helper) must not die of it first — a worker's asyncio runner turns SIGINT into a
+    # KeyboardInterrupt traceback. They inherit both blocked from the threads that start them.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGINT})
     client = None
     try:
         client = start_local_cluster(workers, dashboard=dashboard)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a pending SIGHUP lands here
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a pending signal lands here
         if dashboard:
             click.echo(f"dashboard: {client.dashboard_link}", err=True)
         yield client
