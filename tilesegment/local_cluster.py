@@ -26,6 +26,8 @@ from distributed.http.routing import RoutingApplication
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
+from tilesegment.workers import DEVICE_ENV, cuda_device_count
+
 HOST = "127.0.0.1"
 DASHBOARD_PORT = 8787
 _log = logging.getLogger(__name__)
@@ -57,9 +59,10 @@ class QuietWorker(Worker):
 
 
 def start(n_workers: int, threads_per_worker: int = 1, dashboard: bool = False) -> Client:
-    """Start a cluster of ``n_workers`` worker processes (each under a nanny, named
-    0..n-1 so worker *i* takes GPU *i*) with ``threads_per_worker`` threads each; return a
-    Client holding the run's credentials (``client.cluster`` is the cluster)."""
+    """Start a cluster of ``n_workers`` worker processes (each under a nanny, named 0..n-1;
+    worker *i* is given GPU *i*, or the CPU, explicitly in its environment) with
+    ``threads_per_worker`` threads each; return a Client holding the run's credentials
+    (``client.cluster`` is the cluster)."""
     security = Security.temporary()
     scheduler = {"cls": LoopbackScheduler, "options": {
         "host": HOST, "port": 0, "protocol": "tls://", "security": security,
@@ -74,7 +77,14 @@ def start(n_workers: int, threads_per_worker: int = 1, dashboard: bool = False) 
         # a failing block is reported once, by the client, as one line
         "silence_logs": logging.CRITICAL,
     }}
-    cluster = SpecCluster(scheduler=scheduler, workers={i: worker for i in range(n_workers)},
+    # Each worker is told its device: worker i takes GPU i (mod the count) when the
+    # machine has GPUs; a run asking for ``auto`` or ``cuda`` uses it (workers.configure).
+    gpus = cuda_device_count()
+    workers = {i: {"cls": Nanny, "options": {
+        **worker["options"],
+        "env": {DEVICE_ENV: f"cuda:{i % gpus}" if gpus else "cpu"}}}
+        for i in range(n_workers)}
+    cluster = SpecCluster(scheduler=scheduler, workers=workers,
                           security=security, silence_logs=logging.CRITICAL,
                           name="tilesegment")
     try:
