@@ -117,7 +117,7 @@ def test_pool_keeps_at_most_max_models(client):
         segment(IMAGE, model="unet-tiny", classes=2, seed=9, scheduler=client, **COMMON)
         assert _builds(client) == before + 1  # evicted, so built again
     finally:
-        client.run(workers.configure, max_models=workers.MAX_MODELS)
+
 
 
 def test_written_output_bytes_match_the_threaded_run(client, tmp_path):
@@ -180,3 +180,25 @@ def test_local_cluster_workers_are_told_their_device():
     expect = {i: f"cuda:{i % gpus}" if gpus else "cpu" for i in range(2)}
     assert {int(n): told[a][0] for n, a in names.items()} == expect
     assert DEVICE_ENV == "TILESEGMENT_DEVICE"
+
+
+def test_worker_plugin_sets_the_pool_up_and_prebuilds(client, tmp_path):
+    """``ModelPoolPlugin`` configures the worker and builds a model when registered; the
+    run that follows finds it in the pool."""
+    from tilesegment.local_cluster import ModelPoolPlugin
+    from tilesegment.workers import ModelRecipe
+
+    weights = _weights(tmp_path / "p.pt", 3, seed=6)
+    recipe = ModelRecipe(in_channels=3, num_classes=3, out_side=16, name="unet-tiny",
+                         weights=str(weights))
+    before = _builds(client)
+    client.register_plugin(ModelPoolPlugin(device="cpu", max_models=3, recipes=(recipe,)))
+    try:
+        assert _builds(client) == before + 1
+        assert next(iter(client.run(workers.max_models).values())) == 3
+        segment(IMAGE, model="unet-tiny", weights=weights, classes=3, scheduler=client,
+                **COMMON)
+        assert _builds(client) == before + 1
+    finally:
+        client.unregister_worker_plugin(ModelPoolPlugin.name)
+

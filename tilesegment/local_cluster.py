@@ -21,12 +21,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
+from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, WorkerPlugin
 from distributed.http.routing import RoutingApplication
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
-from tilesegment.workers import DEVICE_ENV, cuda_device_count
+from tilesegment.workers import (
+    DEVICE_ENV,
+    ModelRecipe,
+    configure,
+    cuda_device_count,
+    get_predictor,
+    with_content_key,
+)
 
 HOST = "127.0.0.1"
 DASHBOARD_PORT = 8787
@@ -56,6 +63,25 @@ class QuietWorker(Worker):
     def start_http_server(self, routes, dashboard_address, default_port=0,
                           ssl_options=None) -> None:
         _routes_only(self, routes)
+
+
+class ModelPoolPlugin(WorkerPlugin):
+    """Sets up each worker's model pool when it starts (``client.register_plugin``):
+    its device and pool bound (``workers.configure``; ``None`` keeps a setting) and,
+    optionally, builds ``recipes`` into the pool at once so the first block task finds
+    them. Recipes get their content key here, in the client."""
+
+    name = "tilesegment-model-pool"
+
+    def __init__(self, device: str | None = None, max_models: int | None = None,
+                 recipes: tuple[ModelRecipe, ...] = ()) -> None:
+        self.device, self.max_models = device, max_models
+        self.recipes = tuple(r if r.key else with_content_key(r) for r in recipes)
+
+    def setup(self, worker: Worker) -> None:
+        configure(device=self.device, max_models=self.max_models)
+        for recipe in self.recipes:
+            get_predictor(recipe)
 
 
 def start(n_workers: int, threads_per_worker: int = 1, dashboard: bool = False) -> Client:
