@@ -117,6 +117,7 @@ def test_pool_keeps_at_most_max_models(client):
         segment(IMAGE, model="unet-tiny", classes=2, seed=9, scheduler=client, **COMMON)
         assert _builds(client) == before + 1  # evicted, so built again
     finally:
+        client.run(workers.configure, max_models=workers.MAX_MODELS)
 
 
 
