@@ -23,10 +23,19 @@ import signal
 import threading
 from typing import Any
 
-from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
+from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, WorkerPlugin
 from distributed.http.routing import RoutingApplication
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
+
+from tilesegment.workers import (
+    DEVICE_ENV,
+    ModelRecipe,
+    configure,
+    cuda_device_count,
+    get_predictor,
+    with_content_key,
+)
 
 HOST = "127.0.0.1"
 DASHBOARD_PORT = 8787
@@ -67,10 +76,30 @@ class QuietWorker(Worker):
         _routes_only(self, routes)
 
 
+class ModelPoolPlugin(WorkerPlugin):
+    """Sets up each worker's model pool when it starts (``client.register_plugin``):
+    its device and pool bound (``workers.configure``; ``None`` keeps a setting) and,
+    optionally, builds ``recipes`` into the pool at once so the first block task finds
+    them. Recipes get their content key here, in the client."""
+
+    name = "tilesegment-model-pool"
+
+    def __init__(self, device: str | None = None, max_models: int | None = None,
+                 recipes: tuple[ModelRecipe, ...] = ()) -> None:
+        self.device, self.max_models = device, max_models
+        self.recipes = tuple(r if r.key else with_content_key(r) for r in recipes)
+
+    def setup(self, worker: Worker) -> None:
+        configure(device=self.device, max_models=self.max_models)
+        for recipe in self.recipes:
+            get_predictor(recipe)
+
+
 def start(n_workers: int, threads_per_worker: int = 1, dashboard: bool = False) -> Client:
-    """Start a cluster of ``n_workers`` worker processes (each under a nanny, named
-    0..n-1 so worker *i* takes GPU *i*) with ``threads_per_worker`` threads each; return a
-    Client holding the run's credentials (``client.cluster`` is the cluster)."""
+    """Start a cluster of ``n_workers`` worker processes (each under a nanny, named 0..n-1;
+    worker *i* is given GPU *i*, or the CPU, explicitly in its environment) with
+    ``threads_per_worker`` threads each; return a Client holding the run's credentials
+    (``client.cluster`` is the cluster)."""
     security = Security.temporary()
     scheduler = {"cls": LoopbackScheduler, "options": {
         "host": HOST, "port": 0, "protocol": "tls://", "security": security,
@@ -85,7 +114,14 @@ def start(n_workers: int, threads_per_worker: int = 1, dashboard: bool = False) 
         # a failing block is reported once, by the client, as one line
         "silence_logs": logging.CRITICAL,
     }}
-    cluster = SpecCluster(scheduler=scheduler, workers={i: worker for i in range(n_workers)},
+    # Each worker is told its device: worker i takes GPU i (mod the count) when the
+    # machine has GPUs; a run asking for ``auto`` or ``cuda`` uses it (workers.configure).
+    gpus = cuda_device_count()
+    workers = {i: {"cls": Nanny, "options": {
+        **worker["options"],
+        "env": {DEVICE_ENV: f"cuda:{i % gpus}" if gpus else "cpu"}}}
+        for i in range(n_workers)}
+    cluster = SpecCluster(scheduler=scheduler, workers=workers,
                           security=security, silence_logs=logging.CRITICAL,
                           name="tilesegment")
     try:

@@ -54,6 +54,7 @@ from tilesegment.workers import (
     random_weights_message,
     release,
     validate_recipe,
+    with_content_key,
 )
 
 RETURNS = ("mask", "probabilities", "logits", "disagreement")
@@ -201,13 +202,13 @@ def segment(
     # A module from a file or function travels to cluster workers as its source (a
     # TorchScript module cannot be pickled); a local run uses the one loaded here.
     ship = resolved.source is not None and not local
-    recipe = ModelRecipe(
+    recipe = with_content_key(ModelRecipe(
         in_channels=raster.bands, num_classes=k, out_side=tspec.out_side,
         name=None if module is not None else mspec.name,
         module=None if ship else module, source=resolved.source if ship else None,
         weights=str(weights) if weights else None, seed=seed, device=device,
         backbone_weights=str(backbone_weights) if backbone_weights else None,
-        batch_size=batch_size, channels_last=channels_last, torch_threads=1)
+        batch_size=batch_size, channels_last=channels_last, torch_threads=1))
     random_weights = module is None and weights is None and get_entry(mspec.name).trainable
     if random_weights:
         warnings.warn(random_weights_message(mspec.name, backbone_only=bool(backbone_weights)),
@@ -249,7 +250,7 @@ def segment(
             target.abort()
         raise
     finally:
-        release(recipe.key)  # this process's copy; cluster workers keep theirs (LRU)
+        release(recipe.key, pinned=local)  # this process's copy; cluster workers keep theirs
     counts = np.sum([r["counts"] for r in results], axis=0)
     nonfinite = {name: sum(r[name] for r in results) for name in ("nonfinite", "faults")}
     _warn_nonfinite(raster, nonfinite)
@@ -551,7 +552,7 @@ def _provenance(raster, mspec, resolved, weights, tspec, block, normalization, s
     from importlib.metadata import PackageNotFoundError, version
 
     from tilesegment import __version__
-    from tilesegment.models.weights import file_sha256
+    from tilesegment.workers import file_digest as file_sha256  # hashed once per run
 
     torch = sys.modules.get("torch")  # the build actually loaded (e.g. "2.14.1+cu130")
     try:

@@ -1,26 +1,57 @@
-"""The per-process side of execution: one model per process, built on first use.
+"""The per-process side of execution: a pool of built models keyed by their content.
 
 A :class:`ModelRecipe` is small and picklable; block tasks carry it, and
-:func:`get_predictor` builds the model from it once per process (per recipe) and caches it,
-so a model is never pickled per task. Torch's thread count is set so that
+:func:`get_predictor` builds the model it names once per process and keeps it in a bounded
+LRU pool (:func:`max_models`, default 2). The pool is keyed by **content**, not by run:
+``recipe.key`` is a sha256 of the architecture (registered name, the model source's bytes
+or a given module's class and tensors), the weights files' sha256, classes, channels,
+builder options and the seed when weights are random — computed once in the client by
+:func:`with_content_key` — and the worker adds the device it resolves and the memory
+format. So the same model in the next run on a long-lived ``distributed`` worker is reused,
+not rebuilt, and a model is never pickled per task.
+
+A worker's device is given to it explicitly (:func:`configure` or ``TILESEGMENT_DEVICE``
+in its environment; ``--local-cluster`` sets ``cuda:i`` for worker *i* when GPUs exist);
+a run asking for ``auto`` or ``cuda`` uses it. Torch's thread count is set so that
 torch threads × Dask threads ≤ cores.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import threading
-import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-_CACHE: OrderedDict[str, Any] = OrderedDict()
+DEVICE_ENV = "TILESEGMENT_DEVICE"
+"""Environment variable naming a worker process's device (``cpu``, ``cuda:N``)."""
+MAX_MODELS_ENV = "TILESEGMENT_MAX_MODELS"
+"""Environment variable with the pool's bound in a worker process."""
+MAX_MODELS = 2
+"""Models kept per process by default; the least recently used beyond this are dropped."""
+
+
+@dataclass
+class _Entry:
+    """A built module on its device, and the predictors made for it (one per settings)."""
+
+    module: Any
+    predictors: dict[tuple, Any] = dataclasses.field(default_factory=dict)
+
+
+_CACHE: OrderedDict[tuple, _Entry] = OrderedDict()
+"""The pool: ``(content key, device, channels_last)`` → built model, least recent first."""
+_PINS: Counter[str] = Counter()
+"""Runs of this process holding a content key (their local model is kept until released)."""
 _LOCK = threading.Lock()
-MAX_MODELS = 4
-"""Models kept per process; the least recently used beyond this are dropped."""
+_SETTINGS: dict[str, Any] = {"device": None, "max_models": None}
 builds = 0
-"""How many models this process has built (the tests check one per run)."""
+"""How many models this process has built (the tests read it, also on workers)."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +61,8 @@ class ModelRecipe:
     Either ``name`` (a registered model, with ``weights`` or seeded random weights),
     ``module`` (a ready ``torch.nn.Module``, shipped once per worker as a graph dependency)
     or ``source`` (a checkpoint, TorchScript file or ``package.module:function`` that each
-    process loads itself with ``models.custom.load_model``).
+    process loads itself with ``models.custom.load_model``). ``key`` is the model's content
+    key (:func:`with_content_key`); ``device`` what the run asked for.
     """
 
     in_channels: int
@@ -46,29 +78,180 @@ class ModelRecipe:
     batch_size: int = 8
     channels_last: bool = True
     torch_threads: int = 1
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    key: str = ""
+
+
+def configure(device: str | None = None, max_models: int | None = None) -> None:
+    """Set this process's device (used when a run asks for ``auto``/``cuda``) and the
+    pool's bound; models beyond the bound are dropped now. ``None`` leaves a setting."""
+    if device is not None:
+        _SETTINGS["device"] = device
+    if max_models is not None:
+        if int(max_models) < 1:
+            raise ValueError("max_models must be at least 1")
+        _SETTINGS["max_models"] = int(max_models)
+    with _LOCK:
+        _trim()
+
+
+def worker_device() -> str | None:
+    """The device this process was given (:func:`configure`, else ``TILESEGMENT_DEVICE``)."""
+    return _SETTINGS["device"] or os.environ.get(DEVICE_ENV) or None
+
+
+def max_models() -> int:
+    """The pool's bound in this process."""
+    if _SETTINGS["max_models"] is not None:
+        return _SETTINGS["max_models"]
+    value = os.environ.get(MAX_MODELS_ENV)
+    return max(1, int(value)) if value and value.isdigit() else MAX_MODELS
+
+
+def pooled_keys() -> list[str]:
+    """Content keys of the models in this process's pool, least recently used first."""
+    with _LOCK:
+        return [key[0] for key in _CACHE]
+
+
+def with_content_key(recipe: ModelRecipe) -> ModelRecipe:
+    """``recipe`` with its content key filled in (hashes its files once, in the client)."""
+    return dataclasses.replace(recipe, key=content_key(recipe))
+
+
+def content_key(recipe: ModelRecipe) -> str:
+    """sha256 of everything that decides the built module's parameters and outputs: the
+    architecture (registered name; the source file's bytes or the function's module file;
+    a given module's class and tensors), weights and backbone weights sha256, classes,
+    in channels, builder options, the seed (when weights are random), tilesegment's
+    version. Not the device or precision (the worker adds those) nor per-run settings."""
+    from tilesegment import __version__
+
+    parts: dict[str, Any] = {"tilesegment": __version__, "in_channels": recipe.in_channels,
+                             "num_classes": recipe.num_classes}
+    if recipe.source is not None:
+        parts["source"] = recipe.source
+        parts["source_sha256"] = _source_digest(recipe.source)
+        parts["seed"] = recipe.seed
+    elif recipe.module is not None:
+        parts["module_sha256"] = module_digest(recipe.module)
+    else:
+        parts["name"] = recipe.name
+        parts["seed"] = recipe.seed if recipe.weights is None else None
+    parts["weights_sha256"] = _digest_or_path(recipe.weights)
+    parts["options"] = {"backbone_weights_sha256": _digest_or_path(recipe.backbone_weights)}
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so a run hashes it once."""
+    from tilesegment.models.weights import file_sha256
+
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    memo = (real, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if memo not in _DIGESTS:
+        _DIGESTS[memo] = file_sha256(real)
+    return _DIGESTS[memo]
+
+
+def _digest_or_path(path: str | None) -> str | None:
+    """:func:`file_digest`, or the path itself for a file that cannot be read (building
+    the model then fails with its own message)."""
+    if not path:
+        return None
+    try:
+        return file_digest(path)
+    except OSError:
+        return f"unreadable:{path}"
+
+
+def _source_digest(source: str) -> str | None:
+    """sha256 of a model file (with its same-stem siblings: a checkpoint's card), or of the
+    Python file that defines a ``package.module:function``; ``None`` if there is none."""
+    path = Path(source)
+    if path.is_file():
+        files = sorted(p for p in path.parent.iterdir()
+                       if p.stem == path.stem and p.is_file())
+        return hashlib.sha256("".join(f"{p.name}:{file_digest(p)};" for p in files)
+                              .encode()).hexdigest()
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(source.partition(":")[0])
+    except (ImportError, ValueError):
+        return None
+    origin = spec.origin if spec is not None else None
+    return file_digest(origin) if origin and Path(origin).is_file() else None
+
+
+def module_digest(module: Any) -> str:
+    """sha256 of a module's class and its state_dict tensors (names, dtypes, shapes, bytes)."""
+    import uuid
+
+    import torch
+
+    digest = hashlib.sha256()
+    kind = type(module)
+    digest.update(f"{kind.__module__}.{kind.__qualname__}".encode())
+    code = getattr(module, "code", None)  # a TorchScript module's class says nothing
+    if isinstance(code, str):
+        digest.update(code.encode())
+    try:
+        for name, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes())
+    except (RuntimeError, TypeError, AttributeError):
+        return uuid.uuid4().hex  # tensors that cannot be read as bytes: never shared
+    return digest.hexdigest()
 
 
 def get_predictor(recipe: ModelRecipe):
-    """The cached :class:`~tilesegment.infer.Predictor` for ``recipe`` in this process."""
+    """The :class:`~tilesegment.infer.Predictor` for ``recipe`` in this process, its model
+    taken from the pool (built on first use, on this process's device)."""
     global builds
+    from tilesegment.infer import Predictor, resolve_device
+
+    device = resolve_device(_device_for(recipe.device))
+    key = (recipe.key or content_key(recipe), str(device), recipe.channels_last)
+    settings = (recipe.batch_size, recipe.out_side, recipe.num_classes, recipe.torch_threads)
     with _LOCK:
-        found = _CACHE.get(recipe.key)
-        if found is None:
-            found = _CACHE[recipe.key] = _build(recipe)
+        entry = _CACHE.get(key)
+        if entry is None:
+            module = recipe.module if recipe.module is not None else _module(recipe)
+            entry = _CACHE[key] = _Entry(module)
             builds += 1
-            while len(_CACHE) > MAX_MODELS:
-                _CACHE.popitem(last=False)
-        _CACHE.move_to_end(recipe.key)
+        _CACHE.move_to_end(key)
+        _trim()
+        found = entry.predictors.get(settings)
+        if found is None:
+            found = entry.predictors[settings] = Predictor(
+                entry.module, device, recipe.batch_size, recipe.out_side,
+                recipe.num_classes, recipe.channels_last, threads=recipe.torch_threads)
         return found
+
+
+def _trim() -> None:
+    while len(_CACHE) > max_models():
+        _CACHE.popitem(last=False)
 
 
 def validate_recipe(recipe: ModelRecipe, local: bool) -> None:
     """Build the model now, so a bad name, weights file or device fails before any output
-    exists. Local runs keep the model for their tasks; for a cluster it is built on the CPU
-    and dropped (the workers build their own)."""
+    exists. Local runs keep the model for their tasks (until :func:`release`); for a
+    cluster it is built on the CPU and dropped (the workers build their own)."""
     if local:
-        get_predictor(recipe)
+        with _LOCK:
+            _PINS[recipe.key] += 1
+        try:
+            get_predictor(recipe)
+        except BaseException:
+            release(recipe.key)
+            raise
         return
     from tilesegment.infer import resolve_device
 
@@ -78,19 +261,17 @@ def validate_recipe(recipe: ModelRecipe, local: bool) -> None:
         resolve_device(recipe.device)
 
 
-def release(key: str) -> None:
-    """Drop the model built for recipe ``key`` in this process (after a run)."""
+def release(key: str, pinned: bool = True) -> None:
+    """A run of this process is done with content key ``key`` (``pinned``: a local run
+    that :func:`validate_recipe` pinned): the model leaves this process's pool unless
+    another local run here still holds it. Cluster workers in other processes keep theirs."""
     with _LOCK:
-        _CACHE.pop(key, None)
-
-
-def _build(recipe: ModelRecipe):
-    from tilesegment.infer import Predictor, resolve_device
-
-    module = recipe.module if recipe.module is not None else _module(recipe)
-    device = resolve_device(_worker_device(recipe.device))
-    return Predictor(module, device, recipe.batch_size, recipe.out_side, recipe.num_classes,
-                     recipe.channels_last, threads=recipe.torch_threads)
+        if pinned and _PINS[key] > 0:
+            _PINS[key] -= 1
+        if _PINS[key] == 0:
+            del _PINS[key]
+            for found in [k for k in _CACHE if k[0] == key]:
+                del _CACHE[found]
 
 
 def _module(recipe: ModelRecipe):
@@ -120,21 +301,23 @@ def random_weights_message(name: str | None, backbone_only: bool = False) -> str
             "meaningless except for testing and benchmarks")
 
 
-def _worker_device(device: str) -> str:
-    """On a ``distributed`` worker named by an integer, ``cuda`` means that worker's GPU."""
-    if device not in ("cuda", "auto"):
+def _device_for(device: str) -> str:
+    """The device to build on: the run's ``cpu``/``cuda:N`` as given; for ``auto``/``cuda``
+    this process's own device when it was given one (a ``cuda`` run on a worker given the
+    CPU still asks for CUDA)."""
+    mine = worker_device()
+    if mine is None or device not in ("cuda", "auto"):
         return device
-    try:
-        from distributed import get_worker
+    if device == "cuda" and not mine.startswith("cuda"):
+        return device
+    return mine
 
-        name = get_worker().name
-    except (ImportError, ValueError):
-        return device
+
+def cuda_device_count() -> int:
+    """How many CUDA devices this machine has (0 without torch's CUDA)."""
     import torch
 
-    if isinstance(name, int) and torch.cuda.is_available():
-        return f"cuda:{name % torch.cuda.device_count()}"
-    return device
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def available_cores() -> int:
