@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tilesegment.errors import OutputExistsError, UnsafeOutputError
+from tilesegment.write import layout
 
-ZARR_LAYERS = ("mask", "probabilities", "disagreement")
+ZARR_LAYERS = layout.LAYERS
 
 
 def _real(path: Path) -> Path:
@@ -87,7 +88,7 @@ def zarr_output_foreign(path: Path) -> list[str]:
         name = entry.name
         if entry.is_symlink():
             foreign.append(name)
-        elif name == "zarr.json" and entry.is_file():
+        elif name == layout.ZARR_JSON and entry.is_file():
             continue
         elif name in ZARR_LAYERS and entry.is_dir():
             foreign += [f"{name}/{x}" for x in _layer_foreign(entry)]
@@ -99,9 +100,9 @@ def zarr_output_foreign(path: Path) -> list[str]:
 def _layer_foreign(layer: Path) -> list[str]:
     foreign = []
     for entry in sorted(layer.iterdir()):
-        if entry.name == "zarr.json" and entry.is_file() and not entry.is_symlink():
+        if entry.name == layout.ZARR_JSON and entry.is_file() and not entry.is_symlink():
             continue
-        if entry.name == "c" and entry.is_dir() and not entry.is_symlink():
+        if entry.name == layout.ZARR_CHUNK_DIR and entry.is_dir() and not entry.is_symlink():
             for folder, dirs, names in os.walk(entry):
                 rel = Path(folder).relative_to(layer)
                 for name in [*dirs, *names]:
@@ -115,15 +116,15 @@ def _layer_foreign(layer: Path) -> list[str]:
 
 def is_zarr_output(path: Path) -> bool:
     """Whether ``path`` is a directory holding a tilesegment Zarr output's group."""
-    meta = path / "zarr.json"
+    meta = path / layout.ZARR_JSON
     if not path.is_dir() or path.is_symlink() or not meta.is_file():
         return False
     try:
         attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes") or {}
     except (OSError, ValueError):
         return False
-    record = attrs.get("tilesegment")
-    return isinstance(record, dict) and record.get("format") == "tilesegment-output"
+    record = attrs.get(layout.ZARR_ATTRS_KEY)
+    return isinstance(record, dict) and record.get("format") == layout.FORMAT_NAME
 
 
 def check_replaceable(final: Path, kind: str, *, overwrite: bool) -> None:
@@ -174,6 +175,6 @@ def _is_tiff_output(path: Path) -> bool:
 
         with tifffile.TiffFile(path) as tif:
             tag = tif.pages[0].tags.get(42112)  # GDAL_METADATA
-            return tag is not None and "TILESEGMENT" in str(tag.value)
+            return tag is not None and layout.TIFF_ATTRS_TAG in str(tag.value)
     except Exception:
         return False

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesegment.errors import IncompleteOutputError, OutputError
+from tilesegment.write import layout
 
 MISSING_LIST_LIMIT = 10_000
 """Up to this many unwritten blocks are listed in a completion record (else only counted)."""
@@ -74,7 +75,7 @@ def _check_page(path: Path, index: int, page: Any, size: int) -> None:
 def _layer_dir_chunks(root: Path) -> set[tuple[int, ...]]:
     """Chunk coordinates present under a Zarr v3 array directory (``c/i/j`` keys)."""
     found: set[tuple[int, ...]] = set()
-    base = root / "c"
+    base = root / layout.ZARR_CHUNK_DIR
     for folder, _, files in os.walk(base):
         rel = Path(folder).relative_to(base).parts
         for name in files:
@@ -89,7 +90,8 @@ def _layer_dir_chunks(root: Path) -> set[tuple[int, ...]]:
 
 def zarr_written_blocks(root: Path) -> set[tuple[int, int]]:
     """``(i, j)`` block indices with a mask chunk in the store at ``root``."""
-    return {c for c in _layer_dir_chunks(root / "mask") if len(c) == 2}
+    return {c for c in _layer_dir_chunks(layout.zarr_layer_path(root, layout.MASK))
+            if len(c) == 2}
 
 
 def zarr_chunk_problems(root: Path, layers: list[str], grid: tuple[int, int],
@@ -97,8 +99,8 @@ def zarr_chunk_problems(root: Path, layers: list[str], grid: tuple[int, int],
     """What is missing: ``written`` blocks without a chunk in one of ``layers``."""
     problems = []
     for layer in layers:
-        present = _layer_dir_chunks(root / layer)
-        if layer == "probabilities":
+        present = _layer_dir_chunks(layout.zarr_layer_path(root, layer))
+        if layer == layout.PROBABILITIES:
             present = {c[1:] for c in present if len(c) == 3 and c[0] == 0}
         lost = sorted(b for b in written if b not in present)
         if lost:
@@ -146,7 +148,7 @@ def check_output(path: str | Path) -> dict[str, Any]:
 def output_problems(meta: dict[str, Any]) -> list[str]:
     """Everything wrong with an output described by ``read_output_meta``; [] when none."""
     path = Path(meta["path"])
-    completion = meta.get("completion")
+    completion = meta.get(layout.COMPLETION_KEY)
     if not isinstance(completion, dict) or "complete" not in completion:
         return ["it has no completion record (a partial or altered output)"]
     if completion.get("complete") is not True:
@@ -180,7 +182,7 @@ def _zarr_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any])
             problems.append(f"{len(lost)} of {len(expected)} written blocks are missing "
                             f"(first: block {list(lost[0])})")
     problems += [p for p in zarr_chunk_problems(path, [x for x in meta["layers"]
-                                                       if x != "mask"], grid, expected)]
+                                                       if x != layout.MASK], grid, expected)]
     return problems
 
 
@@ -193,7 +195,7 @@ def _geotiff_problems(path: Path, meta: dict[str, Any], completion: dict[str, An
         problems.append(str(exc))
     records = completion.get("layers") or {}
     for layer in meta["layers"]:
-        if layer == "mask":
+        if layer == layout.MASK:
             continue
         sibling = Path(meta["layer_paths"][layer])
         record = records.get(layer)
@@ -222,14 +224,12 @@ def _tiff_run_id(path: Path) -> str | None:
     """The run id in the ``TILESEGMENT`` tag of one GeoTIFF layer (None if absent)."""
     import rasterio
 
-    from tilesegment.write.geotiff_output import TAG_ATTRS
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             ds = rasterio.open(path)
         with ds:
-            text = ds.tags().get(TAG_ATTRS)
+            text = ds.tags().get(layout.TIFF_ATTRS_TAG)
         return json.loads(text).get("run_id") if text else None
     except Exception:  # unreadable or foreign: no run id
         return None
