@@ -139,8 +139,9 @@ class Output(ABC):
 
     @classmethod
     def check_replaceable(cls, final: Path, *, overwrite: bool) -> None:
-        """The overwrite policy (:mod:`tilesegment.write.guard`) for one planned path."""
-        guard.check_replaceable(final, cls.kind, overwrite=overwrite)
+        """The overwrite policy (:mod:`tilesegment.write.guard`) for one planned path; by
+        default a file's (a directory output overrides it)."""
+        guard.check_replaceable_file(final, overwrite=overwrite)
 
     @classmethod
     def new(cls, final: Path, meta: OutputMeta, *, overwrite: bool, cog: bool) -> Output:
@@ -156,6 +157,13 @@ class Output(ABC):
     def read_meta(cls, path: Path) -> dict[str, Any]:
         """The metadata of the output at ``path`` as ``read_output_meta`` returns it."""
         raise InputError(f"{path}: reading {cls.kind} outputs is not supported")
+
+    @classmethod
+    def problems(cls, path: Path, meta: dict[str, Any],
+                 completion: dict[str, Any]) -> list[str]:
+        """What is wrong with the output at ``path`` (metadata ``meta``) whose completion
+        record says complete; [] when nothing is (``info`` and ``evaluate`` check this)."""
+        return []
 
     def __init__(self, path: Path, meta: OutputMeta, *, overwrite: bool) -> None:
         self.path = path

@@ -38,7 +38,7 @@ from tilesegment.write import atomic, layout
 from tilesegment.write.base import Output
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs, output_layers
 from tilesegment.write.transcode import Layer, json_tag, parse_crs, write_geotiff
-from tilesegment.write.verify import verify_tiff
+from tilesegment.write.verify import geotiff_problems, verify_tiff
 from tilesegment.write.zarr_output import BlockStore
 
 TAG_ATTRS = layout.TIFF_ATTRS_TAG
@@ -119,6 +119,11 @@ class GeoTiffOutput(Output):
     @classmethod
     def new(cls, final: Path, meta: OutputMeta, *, overwrite: bool, cog: bool) -> Output:
         return cls(final, meta, overwrite=overwrite, cog=cog)
+
+    @classmethod
+    def problems(cls, path: Path, meta: dict[str, Any],
+                 completion: dict[str, Any]) -> list[str]:
+        return geotiff_problems(path, meta, completion)
 
     @classmethod
     def holds(cls, path: Path) -> bool:

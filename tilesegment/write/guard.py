@@ -9,6 +9,8 @@ Refused whatever ``overwrite`` says (:class:`UnsafeOutputError`):
   anything it did not write (a user's notes);
 - for a GeoTIFF layer, anything but a regular file (a directory, a symlink to one).
 
+Each writer kind applies one of the two policies (``check_replaceable_directory`` for a
+directory output, ``check_replaceable_file`` for a file) to every path it would publish.
 Replaced only with ``overwrite`` (:class:`OutputExistsError` otherwise): a tilesegment Zarr
 output, or a regular file where a GeoTIFF layer goes (a previous output or a plain file).
 """
@@ -127,43 +129,53 @@ def is_zarr_output(path: Path) -> bool:
     return isinstance(record, dict) and record.get("format") == layout.FORMAT_NAME
 
 
-def check_replaceable(final: Path, kind: str, *, overwrite: bool) -> None:
-    """Refuse ``final`` (an existing path) unless it is something an output may replace,
-    and then unless ``overwrite``; messages say what would be lost."""
+def check_replaceable_directory(final: Path, *, overwrite: bool) -> None:
+    """The policy for a directory output (Zarr): only a pure tilesegment output there may
+    be replaced, and only with ``overwrite``."""
     if not os.path.lexists(final):
         return
-    if kind == "zarr":
-        if final.is_symlink():
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a symbolic link, not a tilesegment "
-                "Zarr output; remove it or choose another output path")
-        if not final.is_dir():
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a file ({_amount(final)}), not a "
-                "tilesegment Zarr output; --overwrite only replaces tilesegment outputs")
-        if not is_zarr_output(final):
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a directory that is not a "
-                f"tilesegment output ({_amount(final)} would be deleted); --overwrite only "
-                "replaces tilesegment outputs: move it away or choose another output path")
-        foreign = zarr_output_foreign(final)
-        if foreign:
-            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: besides a tilesegment output it holds "
-                f"{foreign[0]}{more}, which replacing it would delete; move those out or "
-                "choose another output path")
-        what = "a tilesegment output"
-    else:
-        if final.is_dir():
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a directory ({_amount(final)} would "
-                "be deleted), not a GeoTIFF; choose another output path")
-        if final.is_symlink() and not final.exists():
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a dangling symbolic link")
-        what = ("a tilesegment output" if _is_tiff_output(final)
-                else f"a file that is not a tilesegment output, {_amount(final)}, would be lost")
+    if final.is_symlink():
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a symbolic link, not a tilesegment "
+            "Zarr output; remove it or choose another output path")
+    if not final.is_dir():
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a file ({_amount(final)}), not a "
+            "tilesegment Zarr output; --overwrite only replaces tilesegment outputs")
+    if not is_zarr_output(final):
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a directory that is not a "
+            f"tilesegment output ({_amount(final)} would be deleted); --overwrite only "
+            "replaces tilesegment outputs: move it away or choose another output path")
+    foreign = zarr_output_foreign(final)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: besides a tilesegment output it holds "
+            f"{foreign[0]}{more}, which replacing it would delete; move those out or "
+            "choose another output path")
+    what = "a tilesegment output"
+    _refuse_unless(final, what, overwrite=overwrite)
+
+
+def check_replaceable_file(final: Path, *, overwrite: bool) -> None:
+    """The policy for a file output (a GeoTIFF layer): a regular file, replaced only with
+    ``overwrite``; never a directory or a dangling link."""
+    if not os.path.lexists(final):
+        return
+    if final.is_dir():
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a directory ({_amount(final)} would "
+            "be deleted), not a GeoTIFF; choose another output path")
+    if final.is_symlink() and not final.exists():
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a dangling symbolic link")
+    what = ("a tilesegment output" if _is_tiff_output(final)
+            else f"a file that is not a tilesegment output, {_amount(final)}, would be lost")
+    _refuse_unless(final, what, overwrite=overwrite)
+
+
+def _refuse_unless(final: Path, what: str, *, overwrite: bool) -> None:
     if not overwrite:
         raise OutputExistsError(f"{final} exists ({what}); pass --overwrite to replace it")
 

@@ -156,15 +156,19 @@ def output_problems(meta: dict[str, Any]) -> list[str]:
         return [f"its completion record says incomplete (blocks written: {written} of "
                 f"{completion.get('blocks_total')}): a partial output of a run that did not "
                 "finish"]
-    run_id = completion.get("run_id")
     if int(meta.get("format_version") or 1) < 2:
         return []  # written before run ids and block records: nothing more to check
-    if meta.get("kind") == "zarr":
-        return _zarr_problems(path, meta, completion)
-    return _geotiff_problems(path, meta, completion, run_id)
+    from tilesegment.write import registry
+
+    try:
+        writer = registry.writer(str(meta.get("kind")))
+    except KeyError:
+        return [f"its kind {meta.get('kind')!r} is not a registered output kind"]
+    return writer.problems(path, meta, completion)
 
 
-def _zarr_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any]) -> list[str]:
+def zarr_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any]) -> list[str]:
+    """What is missing from a complete Zarr output: blocks and layer chunks."""
     bh, bw = meta["block_shape"]
     h, w = meta["shape"]
     grid = (math.ceil(h / bh), math.ceil(w / bw))
@@ -186,8 +190,10 @@ def _zarr_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any])
     return problems
 
 
-def _geotiff_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any],
-                      run_id: str | None) -> list[str]:
+def geotiff_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any]) -> list[str]:
+    """What is wrong with a complete GeoTIFF set: a damaged file, a sibling missing, from
+    another run or of another size than recorded."""
+    run_id = completion.get("run_id")
     problems = []
     try:
         verify_tiff(path)

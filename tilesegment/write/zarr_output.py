@@ -255,6 +255,15 @@ class ZarrOutput(Output):
     layers = layout.LAYERS
 
     @classmethod
+    def check_replaceable(cls, final: Path, *, overwrite: bool) -> None:
+        guard.check_replaceable_directory(final, overwrite=overwrite)
+
+    @classmethod
+    def problems(cls, path: Path, meta: dict[str, Any],
+                 completion: dict[str, Any]) -> list[str]:
+        return verify.zarr_problems(path, meta, completion)
+
+    @classmethod
     def holds(cls, path: Path) -> bool:
         """A directory (a hidden partial has no ``.zarr`` extension)."""
         return path.is_dir()
