@@ -11,8 +11,9 @@ the caller then calls ``finalize()`` (the output is verified, its completion rec
 written last, and it appears under its final name as one unit) or ``abort()`` (temporary
 files removed, the old output intact).
 
-zarr and rasterio are imported only when an output of that kind is made or read. Names
-and keys on disk come from :mod:`tilesegment.write.layout`.
+zarr and rasterio are imported only when an output is made, checked or read (the registry
+then loads its writer classes), never by ``import tilesegment.write``. Names and keys on
+disk come from :mod:`tilesegment.write.layout`.
 """
 
 from __future__ import annotations
