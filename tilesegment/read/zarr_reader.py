@@ -27,12 +27,12 @@ import zarr
 from tilesegment.read import validate
 from tilesegment.read.base import Georef, LevelInfo, Raster, Window, check_window
 from tilesegment.read.tiffmeta import UM_PER_UNIT
+from tilesegment.write import layout
 
-OUTPUT_KEY = "tilesegment"
-"""Group attribute of a tilesegment output (written by :mod:`tilesegment.write.zarr_output`)."""
-OUTPUT_LAYERS = ("mask", "probabilities", "disagreement")
-LAYER_NODATA = {"probabilities": float("nan"), "disagreement": 255.0}
-"""Nodata of an output's optional layers (the mask's is in the output metadata)."""
+# tilesegment's own outputs: their layout is owned by tilesegment.write.layout
+OUTPUT_KEY = layout.ZARR_ATTRS_KEY
+OUTPUT_LAYERS = layout.LAYERS
+LAYER_NODATA = layout.LAYER_NODATA
 
 
 def _open_node(path: Path) -> Any:
@@ -97,7 +97,7 @@ def _output_attrs(group: Any) -> dict[str, Any] | None:
 def _parent_output_attrs(path: Path) -> dict[str, Any] | None:
     """The output metadata of the group holding the layer array at ``path``, if any."""
     parent = path.parent
-    if path.name not in OUTPUT_LAYERS or not (parent / "zarr.json").is_file():
+    if path.name not in OUTPUT_LAYERS or not (parent / layout.ZARR_JSON).is_file():
         return None
     try:
         group = zarr.open_group(str(parent), mode="r")
@@ -165,7 +165,7 @@ class ZarrRaster(Raster):
             "layer": layer,
             "num_classes": attrs.get("num_classes"),
             "class_names": attrs.get("class_names"),
-            "complete": bool((attrs.get("completion") or {}).get("complete", False)),
+            "complete": bool((attrs.get(layout.COMPLETION_KEY) or {}).get("complete", False)),
         }
         if isinstance(attrs.get("layers"), list):
             self.output["layers"] = list(attrs["layers"])
@@ -182,17 +182,18 @@ class ZarrRaster(Raster):
             raise validate.unsupported(
                 self._root, f"level {level} does not exist: a tilesegment output has level 0 only"
             )
-        if "mask" not in group:
-            raise validate.unsupported(self._root, "tilesegment output without a 'mask' array")
+        if layout.MASK not in group:
+            raise validate.unsupported(self._root,
+                                       f"tilesegment output without a {layout.MASK!r} array")
         attrs = _output_attrs(group) or {}
-        self._array_path = self._root / "mask"
+        self._array_path = layout.zarr_layer_path(self._root, layout.MASK)
         self._axes = ["y", "x"]
-        self._set_output(attrs, "mask")
+        self._set_output(attrs, layout.MASK)
         self.georef = _georef(attrs)
         self.level = 0
         shape = attrs.get("shape")
         if shape is None:
-            shape = group["mask"].shape
+            shape = group[layout.MASK].shape
         self.levels = (LevelInfo((int(shape[0]), int(shape[1])), self.georef.pixel_size),)
 
     def _init_multiscale(self, group: Any, level: int) -> None:

@@ -34,10 +34,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tilesegment.errors import OutputError, OutputExistsError
-
-PARTIAL_MARK = ".partial-"
-OLD_MARK = ".old-"
-JOURNAL_SUFFIX = ".publishing.json"
+from tilesegment.write.layout import (  # noqa: F401  (re-exported: callers and tests use atomic.*)
+    JOURNAL_SUFFIX,
+    OLD_MARK,
+    PARTIAL_MARK,
+    final_of,
+    journal_path,
+    old_path,
+    old_prefix,
+    partial_path,
+)
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -47,32 +53,6 @@ _AT_FDCWD = -100
 def new_token() -> str:
     """A short random token that keeps concurrent runs' temporary names apart."""
     return secrets.token_hex(4)
-
-
-def partial_path(final: Path, token: str, suffix: str = "") -> Path:
-    """``<dir>/.<name>.partial-<token><suffix>``: a temporary sibling of ``final``."""
-    return final.with_name(f".{final.name}{PARTIAL_MARK}{token}{suffix}")
-
-
-def final_of(path: Path) -> Path:
-    """The final path a temporary sibling belongs to (``path`` itself for any other)."""
-    name = path.name
-    if name.startswith(".") and PARTIAL_MARK in name:
-        return path.with_name(name[1:name.index(PARTIAL_MARK)])
-    return path
-
-
-def old_path(final: Path, token: str) -> Path:
-    """``<dir>/.<name>.old-<token>``: where an old output waits until the new one is in."""
-    return final.with_name(f".{final.name}{OLD_MARK}{token}")
-
-
-def journal_path(final: Path) -> Path:
-    """``<dir>/.<name>.publishing.json``: the journal of a set publication at ``final``.
-
-    One name per output: creating it is also the lock that keeps two runs from publishing
-    sets at the same path at once (interleaved renames would mix them)."""
-    return final.with_name(f".{final.name}{JOURNAL_SUFFIX}")
 
 
 def exists(path: Path) -> bool:
@@ -380,7 +360,7 @@ def recover(final: Path) -> list[str]:
                     remove_partials(Path(entry["dst"]), str(record["token"]))
         journal.unlink()
     if not exists(final) and final.parent.is_dir():
-        prefix = f".{final.name}{OLD_MARK}"
+        prefix = old_prefix(final)
         olds = [p for p in final.parent.iterdir() if p.name.startswith(prefix)]
         if len(olds) == 1 and olds[0].is_dir():
             os.rename(olds[0], final)

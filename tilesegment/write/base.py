@@ -11,14 +11,15 @@ from __future__ import annotations
 import secrets
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from tilesegment.errors import OutputError
-from tilesegment.write import atomic
+from tilesegment.errors import InputError, OutputError
+from tilesegment.write import atomic, guard, layout
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta
 
 OPEN, FINALIZED, ABORTED = "open", "finalized", "aborted"
@@ -112,6 +113,57 @@ class Output(ABC):
     """
 
     kind: ClassVar[str]
+    """The name the output kind is registered under (:mod:`tilesegment.write.registry`)."""
+    extensions: ClassVar[tuple[str, ...]] = ()
+    """The lower-case path suffixes (``".zarr"``) that select this kind."""
+    layers: ClassVar[tuple[str, ...]] = (layout.MASK,)
+    """The layers this kind can write (``OutputMeta.layers`` must be among them)."""
+
+    # -- what a kind declares before anything is written ----------------------------------
+
+    @classmethod
+    def planned_paths(cls, final: Path, layers: Iterable[str]) -> list[Path]:
+        """Every path an output at ``final`` holding ``layers`` would publish (the mask's
+        first); the overwrite policy is checked on each."""
+        return [final]
+
+    @classmethod
+    def check_options(cls, final: Path, *, cog: bool, layers: Iterable[str] = ()) -> None:
+        """OutputError for an option or a layer this kind cannot honour."""
+        if cog:
+            raise OutputError(f"cannot write {final}: cog applies to GeoTIFF outputs only")
+        unknown = [layer for layer in layers if layer not in cls.layers]
+        if unknown:
+            raise OutputError(f"cannot write {final}: a {cls.kind} output cannot hold the "
+                              f"{unknown[0]} layer (it holds {', '.join(cls.layers)})")
+
+    @classmethod
+    def check_replaceable(cls, final: Path, *, overwrite: bool) -> None:
+        """The overwrite policy (:mod:`tilesegment.write.guard`) for one planned path; by
+        default a file's (a directory output overrides it)."""
+        guard.check_replaceable_file(final, overwrite=overwrite)
+
+    @classmethod
+    def new(cls, final: Path, meta: OutputMeta, *, overwrite: bool, cog: bool) -> Output:
+        """An output of this kind at ``final`` (nothing created yet: ``_create`` does)."""
+        return cls(final, meta, overwrite=overwrite)
+
+    @classmethod
+    def holds(cls, path: Path) -> bool:
+        """Whether what is at ``path`` (an existing path) may be an output of this kind."""
+        return False
+
+    @classmethod
+    def read_meta(cls, path: Path) -> dict[str, Any]:
+        """The metadata of the output at ``path`` as ``read_output_meta`` returns it."""
+        raise InputError(f"{path}: reading {cls.kind} outputs is not supported")
+
+    @classmethod
+    def problems(cls, path: Path, meta: dict[str, Any],
+                 completion: dict[str, Any]) -> list[str]:
+        """What is wrong with the output at ``path`` (metadata ``meta``) whose completion
+        record says complete; [] when nothing is (``info`` and ``evaluate`` check this)."""
+        return []
 
     def __init__(self, path: Path, meta: OutputMeta, *, overwrite: bool) -> None:
         self.path = path

@@ -1,7 +1,8 @@
 """GeoTIFF outputs: blocks go to a scratch Zarr store; ``finalize`` transcodes it.
 
 Tasks cannot write a compressed GeoTIFF concurrently, so they fill a scratch
-:class:`~tilesegment.write.zarr_output.BlockStore` (``.<name>.partial-<token>.scratch.zarr``)
+:class:`~tilesegment.write.zarr_output.BlockStore`
+(:func:`~tilesegment.write.layout.block_store_path`: ``.<name>.partial-<token>.scratch.zarr``)
 and :meth:`GeoTiffOutput.finalize` writes ``.<name>.partial-<token>.tif`` window by window,
 renames it to the final name and removes the scratch. With ``save_probabilities`` a sibling
 ``<stem>.probabilities<suffix>`` (K float32 bands holding float16 values exactly, tagged
@@ -26,36 +27,34 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tilesegment.errors import OutputError
-from tilesegment.write import atomic
+from tilesegment.errors import IncompleteOutputError, InputError, OutputError
+from tilesegment.write import atomic, layout
 from tilesegment.write.base import Output
-from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs
+from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs, output_layers
 from tilesegment.write.transcode import Layer, json_tag, parse_crs, write_geotiff
-from tilesegment.write.verify import verify_tiff
+from tilesegment.write.verify import geotiff_problems, verify_tiff
 from tilesegment.write.zarr_output import BlockStore
 
-TAG_ATTRS = "TILESEGMENT"
+TAG_ATTRS = layout.TIFF_ATTRS_TAG
 """Dataset tag holding the JSON of :func:`~tilesegment.write.meta.meta_to_attrs`."""
-
-
-def sibling_path(path: Path, layer: str) -> Path:
-    """``<dir>/<stem>.<layer><suffix>``: the GeoTIFF of ``layer`` next to the mask ``path``."""
-    return path.with_name(f"{path.stem}.{layer}{path.suffix}")
+MASK, PROBABILITIES, DISAGREEMENT = layout.MASK, layout.PROBABILITIES, layout.DISAGREEMENT
+sibling_path = layout.sibling_path
 
 
 def probabilities_path(path: Path) -> Path:
     """``<dir>/<stem>.probabilities<suffix>`` next to the mask GeoTIFF ``path``."""
-    return sibling_path(path, "probabilities")
+    return sibling_path(path, PROBABILITIES)
 
 
 def disagreement_path(path: Path) -> Path:
     """``<dir>/<stem>.disagreement<suffix>`` next to the mask GeoTIFF ``path``."""
-    return sibling_path(path, "disagreement")
+    return sibling_path(path, DISAGREEMENT)
 
 
 def mark_tiff_complete(path: Path, run_id: str) -> None:
@@ -92,7 +91,7 @@ def mark_tiff_complete(path: Path, run_id: str) -> None:
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             ds = rasterio.open(path)
         with ds:
-            record = json.loads(ds.tags()[TAG_ATTRS])["completion"]
+            record = json.loads(ds.tags()[TAG_ATTRS])[layout.COMPLETION_KEY]
     except OutputError:
         raise
     except Exception as exc:
@@ -105,11 +104,77 @@ class GeoTiffOutput(Output):
     """A single-band class-mask GeoTIFF (tiled, DEFLATE, colour map; COG if ``cog``)."""
 
     kind = "geotiff"
+    extensions = (".tif", ".tiff")
+    layers = layout.LAYERS
+
+    @classmethod
+    def planned_paths(cls, final: Path, layers: Iterable[str]) -> list[Path]:
+        """The mask ``final`` and a ``<stem>.<layer><suffix>`` sibling per other layer."""
+        return [final, *(sibling_path(final, layer) for layer in layers if layer != MASK)]
+
+    @classmethod
+    def check_options(cls, final: Path, *, cog: bool, layers: Iterable[str] = ()) -> None:
+        super().check_options(final, cog=False, layers=layers)  # cog is a GeoTIFF option
+
+    @classmethod
+    def new(cls, final: Path, meta: OutputMeta, *, overwrite: bool, cog: bool) -> Output:
+        return cls(final, meta, overwrite=overwrite, cog=cog)
+
+    @classmethod
+    def problems(cls, path: Path, meta: dict[str, Any],
+                 completion: dict[str, Any]) -> list[str]:
+        return geotiff_problems(path, meta, completion)
+
+    @classmethod
+    def holds(cls, path: Path) -> bool:
+        """Anything but a directory (a hidden partial has no ``.tif`` extension)."""
+        return not path.is_dir()
+
+    @classmethod
+    def read_meta(cls, path: Path) -> dict[str, Any]:
+        """The mask's metadata; ``path`` may be a sibling layer (then checked against the
+        mask's completion record), and ``overviews``, ``tiff_block_shape`` added."""
+        import rasterio
+
+        try:
+            with warnings.catch_warnings():  # a slide mask has no geotransform: expected
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                ds = rasterio.open(path)
+            with ds:
+                tags = ds.tags()
+                extra = {"overviews": ds.overviews(1),
+                         "tiff_block_shape": list(ds.block_shapes[0])}
+        except rasterio.errors.RasterioError as exc:
+            raise InputError(f"cannot read {path}: {exc}") from exc
+        if TAG_ATTRS not in tags:
+            raise InputError(f"{path} is not a tilesegment GeoTIFF output (no {TAG_ATTRS} tag)")
+        try:
+            attrs = json.loads(tags[TAG_ATTRS])
+        except ValueError as exc:
+            raise InputError(f"{path}: its {TAG_ATTRS} tag is not JSON ({exc})") from None
+        layer = tags.get(layout.TIFF_LAYER_TAG, MASK)
+        record_in = (attrs.get(layout.COMPLETION_KEY) or {}).get("record_in")
+        if layer != MASK and record_in:  # a sibling layer: the set is described by its mask
+            mask = path.with_name(str(record_in))
+            if not mask.is_file():
+                raise IncompleteOutputError(f"{path} is the {layer} layer of {mask}, which "
+                                            "is missing")
+            meta = cls.read_meta(mask)
+            if meta.get("run_id") != attrs.get("run_id") or Path(
+                    meta["layer_paths"].get(layer, "")).name != path.name:
+                raise IncompleteOutputError(
+                    f"{path} is a {layer} layer of run {attrs.get('run_id')}, not of the "
+                    f"output {mask} beside it (run {meta.get('run_id')}): a partial or mixed "
+                    "set")
+            return meta
+        layers = output_layers(attrs)
+        paths = {layer: str(layout.geotiff_layer_path(path, layer)) for layer in layers}
+        return {**attrs, **extra, "layers": layers, "layer_paths": paths, "path": str(path)}
 
     def __init__(self, path: Path, meta: OutputMeta, *, overwrite: bool, cog: bool) -> None:
         super().__init__(path, meta, overwrite=overwrite)
         self.cog = cog
-        self.store = BlockStore(atomic.partial_path(path, self.token, ".scratch.zarr"), meta)
+        self.store = BlockStore(layout.block_store_path(path, self.token, scratch=True), meta)
 
     @property
     def probabilities_path(self) -> Path | None:
@@ -139,24 +204,25 @@ class GeoTiffOutput(Output):
         completion = self.store.completion(self.run_id, written)
         completion["complete"] = False  # flipped in place once the mask file is verified
         siblings = [(name, final) for name, final in (
-            ("probabilities", self.probabilities_path),
-            ("disagreement", self.disagreement_path)) if final is not None]
+            (PROBABILITIES, self.probabilities_path),
+            (DISAGREEMENT, self.disagreement_path)) if final is not None]
         staged: list[tuple[Path, Path]] = []
         try:
             records: dict[str, dict[str, Any]] = {}
             for name, final in siblings:
-                tmp = atomic.partial_path(final, self.token, ".tif")
+                tmp = layout.staged_tiff_path(final, self.token)
                 staged.append((tmp, final))
-                attrs = {**base, "completion": {"complete": None, "run_id": self.run_id,
+                attrs = {**base, layout.COMPLETION_KEY: {"complete": None, "run_id": self.run_id,
                                                 "record_in": self.path.name}}
-                layer = (self._probabilities_layer(attrs) if name == "probabilities"
+                layer = (self._probabilities_layer(attrs) if name == PROBABILITIES
                          else self._disagreement_layer(attrs))
                 self._write_layer(layer, tmp)
                 records[name] = {"file": final.name, "bytes": tmp.stat().st_size}
-            tmp = atomic.partial_path(self.path, self.token, ".tif")
+            tmp = layout.staged_tiff_path(self.path, self.token)
             staged.append((tmp, self.path))
             completion["layers"] = records
-            self._write_layer(self._mask_layer({**base, "completion": completion}), tmp)
+            self._write_layer(self._mask_layer({**base, layout.COMPLETION_KEY: completion}),
+                              tmp)
             mark_tiff_complete(tmp, self.run_id)
             atomic.publish_set(staged, overwrite=self.overwrite, token=self.token,
                                run_id=self.run_id)
@@ -180,9 +246,9 @@ class GeoTiffOutput(Output):
     def _tags(self, attrs: dict[str, Any], layer: str) -> dict[str, str]:
         return {
             TAG_ATTRS: json_tag(attrs),
-            "TILESEGMENT_LAYER": layer,
-            "CLASS_NAMES": json_tag(list(self.meta.class_names)),
-            "PROVENANCE": json_tag(self.meta.provenance),
+            layout.TIFF_LAYER_TAG: layer,
+            layout.TIFF_CLASS_NAMES_TAG: json_tag(list(self.meta.class_names)),
+            layout.TIFF_PROVENANCE_TAG: json_tag(self.meta.provenance),
         }
 
     def _mask_layer(self, attrs: dict[str, Any]) -> Layer:
@@ -196,7 +262,7 @@ class GeoTiffOutput(Output):
             dtype=meta.mask_dtype,
             nodata=meta.nodata,
             descriptions=(f"class id 0..{meta.num_classes - 1}, nodata {meta.nodata}",),
-            tags=self._tags(attrs, "mask"),
+            tags=self._tags(attrs, MASK),
             resampling="MODE",
             colormap=colormap,
         )
@@ -211,7 +277,7 @@ class GeoTiffOutput(Output):
             nodata=float("nan"),
             descriptions=tuple(f"probability: {name}" for name in self.meta.class_names),
             # GDAL 3.10 has no Float16 GeoTIFF: float16 values, exactly, in float32 bands
-            tags={**self._tags(attrs, "probabilities"), "VALUES_PRECISION": "float16"},
+            tags={**self._tags(attrs, PROBABILITIES), layout.TIFF_PRECISION_TAG: "float16"},
             resampling="AVERAGE",
             predictor=3,
         )
@@ -228,7 +294,7 @@ class GeoTiffOutput(Output):
             descriptions=(
                 f"1: overlapping tiles disagree on the class, 0: they agree, nodata {nodata}",
             ),
-            tags=self._tags(attrs, "disagreement"),
+            tags=self._tags(attrs, DISAGREEMENT),
             resampling="MODE",
             colormap={0: (0, 0, 0, 0), 1: (255, 0, 0, 255), nodata: (0, 0, 0, 0)},
         )

@@ -9,6 +9,8 @@ Refused whatever ``overwrite`` says (:class:`UnsafeOutputError`):
   anything it did not write (a user's notes);
 - for a GeoTIFF layer, anything but a regular file (a directory, a symlink to one).
 
+Each writer kind applies one of the two policies (``check_replaceable_directory`` for a
+directory output, ``check_replaceable_file`` for a file) to every path it would publish.
 Replaced only with ``overwrite`` (:class:`OutputExistsError` otherwise): a tilesegment Zarr
 output, or a regular file where a GeoTIFF layer goes (a previous output or a plain file).
 """
@@ -22,8 +24,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tilesegment.errors import OutputExistsError, UnsafeOutputError
+from tilesegment.write import layout
 
-ZARR_LAYERS = ("mask", "probabilities", "disagreement")
+ZARR_LAYERS = layout.LAYERS
 
 
 def _real(path: Path) -> Path:
@@ -87,7 +90,7 @@ def zarr_output_foreign(path: Path) -> list[str]:
         name = entry.name
         if entry.is_symlink():
             foreign.append(name)
-        elif name == "zarr.json" and entry.is_file():
+        elif name == layout.ZARR_JSON and entry.is_file():
             continue
         elif name in ZARR_LAYERS and entry.is_dir():
             foreign += [f"{name}/{x}" for x in _layer_foreign(entry)]
@@ -99,9 +102,9 @@ def zarr_output_foreign(path: Path) -> list[str]:
 def _layer_foreign(layer: Path) -> list[str]:
     foreign = []
     for entry in sorted(layer.iterdir()):
-        if entry.name == "zarr.json" and entry.is_file() and not entry.is_symlink():
+        if entry.name == layout.ZARR_JSON and entry.is_file() and not entry.is_symlink():
             continue
-        if entry.name == "c" and entry.is_dir() and not entry.is_symlink():
+        if entry.name == layout.ZARR_CHUNK_DIR and entry.is_dir() and not entry.is_symlink():
             for folder, dirs, names in os.walk(entry):
                 rel = Path(folder).relative_to(layer)
                 for name in [*dirs, *names]:
@@ -115,54 +118,64 @@ def _layer_foreign(layer: Path) -> list[str]:
 
 def is_zarr_output(path: Path) -> bool:
     """Whether ``path`` is a directory holding a tilesegment Zarr output's group."""
-    meta = path / "zarr.json"
+    meta = path / layout.ZARR_JSON
     if not path.is_dir() or path.is_symlink() or not meta.is_file():
         return False
     try:
         attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes") or {}
     except (OSError, ValueError):
         return False
-    record = attrs.get("tilesegment")
-    return isinstance(record, dict) and record.get("format") == "tilesegment-output"
+    record = attrs.get(layout.ZARR_ATTRS_KEY)
+    return isinstance(record, dict) and record.get("format") == layout.FORMAT_NAME
 
 
-def check_replaceable(final: Path, kind: str, *, overwrite: bool) -> None:
-    """Refuse ``final`` (an existing path) unless it is something an output may replace,
-    and then unless ``overwrite``; messages say what would be lost."""
+def check_replaceable_directory(final: Path, *, overwrite: bool) -> None:
+    """The policy for a directory output (Zarr): only a pure tilesegment output there may
+    be replaced, and only with ``overwrite``."""
     if not os.path.lexists(final):
         return
-    if kind == "zarr":
-        if final.is_symlink():
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a symbolic link, not a tilesegment "
-                "Zarr output; remove it or choose another output path")
-        if not final.is_dir():
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a file ({_amount(final)}), not a "
-                "tilesegment Zarr output; --overwrite only replaces tilesegment outputs")
-        if not is_zarr_output(final):
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a directory that is not a "
-                f"tilesegment output ({_amount(final)} would be deleted); --overwrite only "
-                "replaces tilesegment outputs: move it away or choose another output path")
-        foreign = zarr_output_foreign(final)
-        if foreign:
-            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: besides a tilesegment output it holds "
-                f"{foreign[0]}{more}, which replacing it would delete; move those out or "
-                "choose another output path")
-        what = "a tilesegment output"
-    else:
-        if final.is_dir():
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a directory ({_amount(final)} would "
-                "be deleted), not a GeoTIFF; choose another output path")
-        if final.is_symlink() and not final.exists():
-            raise UnsafeOutputError(
-                f"refusing to replace {final}: it is a dangling symbolic link")
-        what = ("a tilesegment output" if _is_tiff_output(final)
-                else f"a file that is not a tilesegment output, {_amount(final)}, would be lost")
+    if final.is_symlink():
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a symbolic link, not a tilesegment "
+            "Zarr output; remove it or choose another output path")
+    if not final.is_dir():
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a file ({_amount(final)}), not a "
+            "tilesegment Zarr output; --overwrite only replaces tilesegment outputs")
+    if not is_zarr_output(final):
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a directory that is not a "
+            f"tilesegment output ({_amount(final)} would be deleted); --overwrite only "
+            "replaces tilesegment outputs: move it away or choose another output path")
+    foreign = zarr_output_foreign(final)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: besides a tilesegment output it holds "
+            f"{foreign[0]}{more}, which replacing it would delete; move those out or "
+            "choose another output path")
+    what = "a tilesegment output"
+    _refuse_unless(final, what, overwrite=overwrite)
+
+
+def check_replaceable_file(final: Path, *, overwrite: bool) -> None:
+    """The policy for a file output (a GeoTIFF layer): a regular file, replaced only with
+    ``overwrite``; never a directory or a dangling link."""
+    if not os.path.lexists(final):
+        return
+    if final.is_dir():
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a directory ({_amount(final)} would "
+            "be deleted), not a GeoTIFF; choose another output path")
+    if final.is_symlink() and not final.exists():
+        raise UnsafeOutputError(
+            f"refusing to replace {final}: it is a dangling symbolic link")
+    what = ("a tilesegment output" if _is_tiff_output(final)
+            else f"a file that is not a tilesegment output, {_amount(final)}, would be lost")
+    _refuse_unless(final, what, overwrite=overwrite)
+
+
+def _refuse_unless(final: Path, what: str, *, overwrite: bool) -> None:
     if not overwrite:
         raise OutputExistsError(f"{final} exists ({what}); pass --overwrite to replace it")
 
@@ -174,6 +187,6 @@ def _is_tiff_output(path: Path) -> bool:
 
         with tifffile.TiffFile(path) as tif:
             tag = tif.pages[0].tags.get(42112)  # GDAL_METADATA
-            return tag is not None and "TILESEGMENT" in str(tag.value)
+            return tag is not None and layout.TIFF_ATTRS_TAG in str(tag.value)
     except Exception:
         return False

@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tilesegment.errors import OutputError, OutputLockedError
+from tilesegment.write import layout
+from tilesegment.write.layout import LOCK_SUFFIX
 
-LOCK_SUFFIX = ".lock"
 _ATTEMPTS = 20
 
 
 def lock_path(output: str | Path) -> Path:
     """``<dir>/.<name>.lock``: the lock file of the output ``<dir>/<name>``."""
     final = Path(output).expanduser().absolute()
-    return final.with_name(f".{final.name}{LOCK_SUFFIX}")
+    return layout.lock_path(final)
 
 
 @dataclass

@@ -15,8 +15,15 @@ from typing import Any
 import numpy as np
 
 from tilesegment.read.base import Georef
+from tilesegment.write.layout import (  # noqa: F401  (DISAGREEMENT_NODATA re-exported)
+    COMPLETION_KEY,
+    DISAGREEMENT,
+    DISAGREEMENT_NODATA,
+    FORMAT_NAME,
+    MASK,
+    PROBABILITIES,
+)
 
-FORMAT_NAME = "tilesegment-output"
 FORMAT_VERSION = 2
 """2: every layer carries the ``run_id``; the completion record names the blocks written
 and (GeoTIFF) each sibling layer's file and size."""
@@ -26,9 +33,6 @@ MAX_CLASSES_UINT8 = 255
 
 MAX_CLASSES_UINT16 = 65535
 """Class ids ``0..65534`` fit a uint16 mask with 65535 left free as nodata."""
-
-DISAGREEMENT_NODATA = 255
-"""Value of the ``disagreement`` layer (uint8: 1 disagree, 0 agree) where nothing was written."""
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
@@ -108,9 +112,9 @@ class OutputMeta:
     def layers(self) -> tuple[str, ...]:
         """The layers this output stores: ``"mask"``, then the optional ones it saves."""
         return (
-            "mask",
-            *(("probabilities",) if self.save_probabilities else ()),
-            *(("disagreement",) if self.save_disagreement else ()),
+            MASK,
+            *((PROBABILITIES,) if self.save_probabilities else ()),
+            *((DISAGREEMENT,) if self.save_disagreement else ()),
         )
 
     @property
@@ -169,7 +173,7 @@ def meta_to_attrs(meta: OutputMeta, *, kind: str) -> dict[str, Any]:
         "save_disagreement": bool(meta.save_disagreement),
         "layers": list(meta.layers),
         "provenance": meta.provenance,
-        "completion": {
+        COMPLETION_KEY: {
             "complete": False,
             "blocks_total": rows * cols,
             "blocks_written": None,
@@ -184,4 +188,4 @@ def output_layers(attrs: dict[str, Any]) -> list[str]:
     layers = attrs.get("layers")
     if isinstance(layers, list) and all(isinstance(name, str) for name in layers):
         return list(layers)
-    return ["mask", *(["probabilities"] if attrs.get("save_probabilities") else [])]
+    return [MASK, *([PROBABILITIES] if attrs.get("save_probabilities") else [])]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesegment.errors import IncompleteOutputError, OutputError
+from tilesegment.write import layout
 
 MISSING_LIST_LIMIT = 10_000
 """Up to this many unwritten blocks are listed in a completion record (else only counted)."""
@@ -74,7 +75,7 @@ def _check_page(path: Path, index: int, page: Any, size: int) -> None:
 def _layer_dir_chunks(root: Path) -> set[tuple[int, ...]]:
     """Chunk coordinates present under a Zarr v3 array directory (``c/i/j`` keys)."""
     found: set[tuple[int, ...]] = set()
-    base = root / "c"
+    base = root / layout.ZARR_CHUNK_DIR
     for folder, _, files in os.walk(base):
         rel = Path(folder).relative_to(base).parts
         for name in files:
@@ -89,7 +90,8 @@ def _layer_dir_chunks(root: Path) -> set[tuple[int, ...]]:
 
 def zarr_written_blocks(root: Path) -> set[tuple[int, int]]:
     """``(i, j)`` block indices with a mask chunk in the store at ``root``."""
-    return {c for c in _layer_dir_chunks(root / "mask") if len(c) == 2}
+    return {c for c in _layer_dir_chunks(layout.zarr_layer_path(root, layout.MASK))
+            if len(c) == 2}
 
 
 def zarr_chunk_problems(root: Path, layers: list[str], grid: tuple[int, int],
@@ -97,8 +99,8 @@ def zarr_chunk_problems(root: Path, layers: list[str], grid: tuple[int, int],
     """What is missing: ``written`` blocks without a chunk in one of ``layers``."""
     problems = []
     for layer in layers:
-        present = _layer_dir_chunks(root / layer)
-        if layer == "probabilities":
+        present = _layer_dir_chunks(layout.zarr_layer_path(root, layer))
+        if layer == layout.PROBABILITIES:
             present = {c[1:] for c in present if len(c) == 3 and c[0] == 0}
         lost = sorted(b for b in written if b not in present)
         if lost:
@@ -146,7 +148,7 @@ def check_output(path: str | Path) -> dict[str, Any]:
 def output_problems(meta: dict[str, Any]) -> list[str]:
     """Everything wrong with an output described by ``read_output_meta``; [] when none."""
     path = Path(meta["path"])
-    completion = meta.get("completion")
+    completion = meta.get(layout.COMPLETION_KEY)
     if not isinstance(completion, dict) or "complete" not in completion:
         return ["it has no completion record (a partial or altered output)"]
     if completion.get("complete") is not True:
@@ -154,15 +156,19 @@ def output_problems(meta: dict[str, Any]) -> list[str]:
         return [f"its completion record says incomplete (blocks written: {written} of "
                 f"{completion.get('blocks_total')}): a partial output of a run that did not "
                 "finish"]
-    run_id = completion.get("run_id")
     if int(meta.get("format_version") or 1) < 2:
         return []  # written before run ids and block records: nothing more to check
-    if meta.get("kind") == "zarr":
-        return _zarr_problems(path, meta, completion)
-    return _geotiff_problems(path, meta, completion, run_id)
+    from tilesegment.write import registry
+
+    try:
+        writer = registry.writer(str(meta.get("kind")))
+    except KeyError:
+        return [f"its kind {meta.get('kind')!r} is not a registered output kind"]
+    return writer.problems(path, meta, completion)
 
 
-def _zarr_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any]) -> list[str]:
+def zarr_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any]) -> list[str]:
+    """What is missing from a complete Zarr output: blocks and layer chunks."""
     bh, bw = meta["block_shape"]
     h, w = meta["shape"]
     grid = (math.ceil(h / bh), math.ceil(w / bw))
@@ -180,12 +186,14 @@ def _zarr_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any])
             problems.append(f"{len(lost)} of {len(expected)} written blocks are missing "
                             f"(first: block {list(lost[0])})")
     problems += [p for p in zarr_chunk_problems(path, [x for x in meta["layers"]
-                                                       if x != "mask"], grid, expected)]
+                                                       if x != layout.MASK], grid, expected)]
     return problems
 
 
-def _geotiff_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any],
-                      run_id: str | None) -> list[str]:
+def geotiff_problems(path: Path, meta: dict[str, Any], completion: dict[str, Any]) -> list[str]:
+    """What is wrong with a complete GeoTIFF set: a damaged file, a sibling missing, from
+    another run or of another size than recorded."""
+    run_id = completion.get("run_id")
     problems = []
     try:
         verify_tiff(path)
@@ -193,7 +201,7 @@ def _geotiff_problems(path: Path, meta: dict[str, Any], completion: dict[str, An
         problems.append(str(exc))
     records = completion.get("layers") or {}
     for layer in meta["layers"]:
-        if layer == "mask":
+        if layer == layout.MASK:
             continue
         sibling = Path(meta["layer_paths"][layer])
         record = records.get(layer)
@@ -222,14 +230,12 @@ def _tiff_run_id(path: Path) -> str | None:
     """The run id in the ``TILESEGMENT`` tag of one GeoTIFF layer (None if absent)."""
     import rasterio
 
-    from tilesegment.write.geotiff_output import TAG_ATTRS
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             ds = rasterio.open(path)
         with ds:
-            text = ds.tags().get(TAG_ATTRS)
+            text = ds.tags().get(layout.TIFF_ATTRS_TAG)
         return json.loads(text).get("run_id") if text else None
     except Exception:  # unreadable or foreign: no run id
         return None

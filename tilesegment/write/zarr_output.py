@@ -32,15 +32,13 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from tilesegment.errors import OutputError
-from tilesegment.write import atomic, verify
+from tilesegment.errors import InputError, OutputError
+from tilesegment.write import atomic, guard, layout, verify
 from tilesegment.write.base import Output
-from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs
+from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs, output_layers
 
-ATTRS_KEY = "tilesegment"
-MASK = "mask"
-PROBABILITIES = "probabilities"
-DISAGREEMENT = "disagreement"
+ATTRS_KEY = layout.ZARR_ATTRS_KEY
+MASK, PROBABILITIES, DISAGREEMENT = layout.MASK, layout.PROBABILITIES, layout.DISAGREEMENT
 _CONFIG = {"write_empty_chunks": True}
 CLOSE_TIMEOUT = 60.0
 """Seconds an abort waits for block writes in flight before removing the store anyway."""
@@ -151,7 +149,7 @@ class BlockStore:
         try:
             # A copy on another process may still write after finalize/abort: refuse rather
             # than let the store recreate a stray temporary directory.
-            if not (self.root / "zarr.json").is_file():
+            if not (self.root / layout.ZARR_JSON).is_file():
                 raise OutputError(f"{self.root} is gone: the output was finalized or aborted")
             arrays = self.arrays()
             h, w = mask.shape
@@ -185,7 +183,7 @@ class BlockStore:
 
     def blocks_written(self) -> int:
         """How many mask chunks exist on disk (one per block written)."""
-        chunk_dir = self.root / MASK / "c"
+        chunk_dir = layout.zarr_layer_path(self.root, MASK) / layout.ZARR_CHUNK_DIR
         return sum(len(files) for _, _, files in os.walk(chunk_dir))
 
     def verified_blocks(self) -> set[tuple[int, int]]:
@@ -226,9 +224,9 @@ class BlockStore:
         try:
             group = zarr.open_group(str(self.root), mode="r+")
             attrs = dict(group.attrs[ATTRS_KEY])
-            attrs["completion"] = self.completion(run_id, written)
+            attrs[layout.COMPLETION_KEY] = self.completion(run_id, written)
             group.attrs[ATTRS_KEY] = attrs
-            atomic.fsync_path(self.root / "zarr.json")
+            atomic.fsync_path(self.root / layout.ZARR_JSON)
         except OSError as exc:
             if isinstance(exc, OutputError):
                 raise
@@ -248,14 +246,44 @@ class BlockStore:
 class ZarrOutput(Output):
     """A Zarr v3 output directory (see the module docstring for its layout).
 
-    Blocks go into ``.<name>.partial-<token>``; ``finalize`` marks it complete and renames it.
+    Blocks go into the block store (:func:`~tilesegment.write.layout.block_store_path`);
+    ``finalize`` marks it complete and renames it.
     """
 
     kind = "zarr"
+    extensions = (".zarr",)
+    layers = layout.LAYERS
+
+    @classmethod
+    def check_replaceable(cls, final: Path, *, overwrite: bool) -> None:
+        guard.check_replaceable_directory(final, overwrite=overwrite)
+
+    @classmethod
+    def problems(cls, path: Path, meta: dict[str, Any],
+                 completion: dict[str, Any]) -> list[str]:
+        return verify.zarr_problems(path, meta, completion)
+
+    @classmethod
+    def holds(cls, path: Path) -> bool:
+        """A directory (a hidden partial has no ``.zarr`` extension)."""
+        return path.is_dir()
+
+    @classmethod
+    def read_meta(cls, path: Path) -> dict[str, Any]:
+        """The group's metadata; ``path`` may be one layer array of an output."""
+        if path.name in layout.LAYERS and guard.is_zarr_output(path.parent):
+            return cls.read_meta(path.parent)  # a layer array of a Zarr output
+        try:
+            attrs = dict(zarr.open_group(str(path), mode="r").attrs[ATTRS_KEY])
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise InputError(f"{path} is not a tilesegment Zarr output: {exc}") from exc
+        layers = output_layers(attrs)
+        paths = {layer: str(layout.zarr_layer_path(path, layer)) for layer in layers}
+        return {**attrs, "layers": layers, "layer_paths": paths, "path": str(path)}
 
     def __init__(self, path: Path, meta: OutputMeta, *, overwrite: bool) -> None:
         super().__init__(path, meta, overwrite=overwrite)
-        self.store = BlockStore(atomic.partial_path(path, self.token), meta)
+        self.store = BlockStore(layout.block_store_path(path, self.token), meta)
 
     @property
     def final_paths(self) -> tuple[Path, ...]:
