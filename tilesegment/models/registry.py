@@ -73,16 +73,16 @@ BuildFn = Callable[..., "nn.Module"]
 
 
 @overload
-def register_model(entry: ModelEntry, /) -> ModelEntry: ...
+def register_model(entry: ModelEntry) -> ModelEntry: ...
 
 
 @overload
-def register_model(entry: str, /, summary: str, *, spec: Callable[[int, int], ModelSpec],
+def register_model(entry: str, summary: str, *, spec: Callable[[int, int], ModelSpec],
                    default_classes: int = 2, trainable: bool = True,
                    kwargs: dict[str, Any] | None = None) -> Callable[[BuildFn], BuildFn]: ...
 
 
-def register_model(entry: ModelEntry | str, /, summary: str | None = None, *,
+def register_model(entry: ModelEntry | str, summary: str | None = None, *,
                    spec: Callable[[int, int], ModelSpec] | None = None,
                    default_classes: int = 2, trainable: bool = True,
                    kwargs: dict[str, Any] | None = None) -> Any:
