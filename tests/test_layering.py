@@ -21,7 +21,9 @@ RULES = {
 }
 # The registry's spec side must load without torch (``tilesegment models`` stays fast).
 TORCH_FREE = ("models/registry.py", "models/spec.py", "models/unet_geometry.py",
-              "models/__init__.py")
+              "models/__init__.py", "models/catalog.py", "models/plugins.py",
+              "models/identity.py", "models/unet_spec.py", "models/deeplab_spec.py",
+              "models/fcn_spec.py", "models/tv.py")
 
 
 def _imports(path: Path, top_level_only: bool = False) -> set[str]:

@@ -9,6 +9,9 @@ Each entry point loads to a :class:`~tilesegment.models.registry.ModelEntry`, or
 taking no arguments that registers models itself (``register_model``) and/or returns a
 ``ModelEntry`` or an iterable of them (registered here). :func:`load_plugins` does this once
 per process; a broken plugin gives a ``ModelError`` naming the entry point and its package.
+The registry calls it through the one loading hook that :mod:`tilesegment.models.catalog`
+installs (:func:`tilesegment.models.registry.set_loader`): on the first listing, and on a
+lookup of a name not registered yet.
 
 Loading a plugin imports and runs its code, like any installed package: install only
 plugins you trust. No torch here (plugins may import it themselves).
@@ -24,7 +27,7 @@ from importlib import metadata
 from typing import Any
 
 from tilesegment.errors import ModelError
-from tilesegment.models.registry import ModelEntry, get_entry, list_models, register_model
+from tilesegment.models.registry import ModelEntry, list_models, register_model, registered
 
 ENTRY_POINT_GROUP = "tilesegment.models"
 
@@ -53,7 +56,7 @@ def load_plugins(*, strict: bool = True, rescan: bool = False) -> dict[str, list
     """
     with _LOCK:
         state = _STATE
-        if state.busy:  # a plugin asked for the registry while loading: no recursion
+        if state.busy:  # a plugin's code asked the registry for a listing: no recursion
             return dict(state.loaded)
         if rescan or not state.scanned:
             state.busy = True
@@ -111,7 +114,7 @@ def _load_one(ep: metadata.EntryPoint, label: str) -> list[str]:
         obj = ep.load()
     except Exception as exc:
         raise ModelError(f"{label}: cannot be loaded: {_reason(exc)}") from None
-    before = set(list_models())
+    before = set(registered())
     if isinstance(obj, ModelEntry):
         result: Any = obj
     elif callable(obj):
@@ -126,14 +129,13 @@ def _load_one(ep: metadata.EntryPoint, label: str) -> list[str]:
                          "callable that registers models")
     entries = _as_entries(result, label)
     for entry in entries:
-        if entry.name not in before and entry.name in list_models() and (
-                get_entry(entry.name) is entry):
+        if entry.name not in before and registered().get(entry.name) is entry:
             continue  # the callable registered it and returned it too
         try:
             register_model(entry)
         except ModelError as exc:
             raise ModelError(f"{label}: {exc}") from None
-    names = sorted((set(list_models()) - before) | {e.name for e in entries})
+    names = sorted((set(registered()) - before) | {e.name for e in entries})
     if not names:
         raise ModelError(f"{label}: registered no model")
     return names

@@ -1,7 +1,17 @@
-"""The model registry: names → (spec, builder). Specs need no torch; builders import it lazily.
+"""The model registry: names → (spec, builder). A leaf: it imports no model code.
+
+Models register themselves beside their own code, with :func:`register_model` (a
+``ModelEntry``, or as a decorator over the builder, as timm's ``@register_model`` does). The
+built-in ones do so when :mod:`tilesegment.models.catalog` imports their modules, which
+``tilesegment.models`` does on import: so does everything reaching this module, since
+Python runs a package's ``__init__`` before any of its modules. Plugin packages reach the
+registry through the one loading hook that the catalogue installs here
+(:func:`set_loader`); this module never imports a model module, the catalogue or the
+plugin loader, so the import graph stays acyclic (``tests/test_import_graph.py``).
 
 ``create_model(name, in_channels, num_classes)`` builds a module; ``get_spec`` tells the
 pipeline its geometry before any pixel is read; ``list_models(pattern)`` filters names.
+Specs need no torch; builders import it lazily.
 """
 
 from __future__ import annotations
@@ -9,13 +19,14 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from tilesegment.errors import ModelError
-from tilesegment.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from tilesegment.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -37,49 +48,88 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_BUILTINS_LOADED = False
+_LOADER: Callable[[], object] | None = None
 
 
-def _registry() -> dict[str, ModelEntry]:
-    """The registry, with the built-in catalogue loaded on first use."""
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        import tilesegment.models.catalog  # noqa: F401  (registers the built-in models)
-    return _REGISTRY
+def set_loader(loader: Callable[[], object] | None) -> None:
+    """Install the loading hook: ``loader()`` registers the models not registered yet
+    (plugin packages), and is called before a listing and on a lookup that misses. It must
+    be cheap once it has run. :mod:`tilesegment.models.catalog` installs the only one."""
+    global _LOADER
+    _LOADER = loader
 
 
-def register_model(entry: ModelEntry) -> ModelEntry:
-    """Add ``entry`` to the registry (a name may be registered once)."""
-    registry = _registry()
-    if entry.name in registry:
+def _load() -> None:
+    if _LOADER is not None:
+        _LOADER()
+
+
+def registered() -> dict[str, ModelEntry]:
+    """The models registered so far, without loading any (a copy)."""
+    return dict(_REGISTRY)
+
+
+BuildFn = Callable[..., "nn.Module"]
+
+
+@overload
+def register_model(entry: ModelEntry) -> ModelEntry: ...
+
+
+@overload
+def register_model(entry: str, summary: str, *, spec: Callable[[int, int], ModelSpec],
+                   default_classes: int = 2, trainable: bool = True,
+                   kwargs: dict[str, Any] | None = None) -> Callable[[BuildFn], BuildFn]: ...
+
+
+def register_model(entry: ModelEntry | str, summary: str | None = None, *,
+                   spec: Callable[[int, int], ModelSpec] | None = None,
+                   default_classes: int = 2, trainable: bool = True,
+                   kwargs: dict[str, Any] | None = None) -> Any:
+    """Add a model to the registry (a name may be registered once).
+
+    ``register_model(entry)`` adds a :class:`ModelEntry` and returns it. As a decorator,
+    ``@register_model(name, summary, spec=spec_fn, ...)`` over a builder
+    ``build(in_channels, num_classes, **options) -> nn.Module`` registers
+    ``ModelEntry(name, summary, spec_fn, build, ...)`` and returns the builder unchanged.
+    """
+    if isinstance(entry, ModelEntry):
+        return _add(entry)
+    if not isinstance(entry, str) or summary is None or spec is None:
+        raise ModelError("register_model takes a ModelEntry, or a name, a summary and "
+                         "spec= (as a decorator over the builder)")
+    name, spec_fn = entry, spec
+
+    def decorate(build: BuildFn) -> BuildFn:
+        _add(ModelEntry(name, summary, spec_fn, build, default_classes=default_classes,
+                        trainable=trainable, kwargs=dict(kwargs or {})))
+        return build
+
+    return decorate
+
+
+def _add(entry: ModelEntry) -> ModelEntry:
+    if entry.name in _REGISTRY:
         raise ModelError(f"model {entry.name!r} is already registered")
-    registry[entry.name] = entry
+    _REGISTRY[entry.name] = entry
     return entry
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching the shell-style ``pattern``, sorted (plugins included)."""
-    _load_plugins()
-    return sorted(n for n in _registry() if fnmatch.fnmatch(n, pattern))
+    _load()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
-    if name not in _registry():  # a plugin's model in a process that has not loaded them
-        _load_plugins()
+    """The entry of ``name``, loading plugins first if it is not registered yet."""
+    if name not in _REGISTRY:  # a plugin's model in a process that has not loaded them
+        _load()
     try:
-        return _registry()[name]
+        return _REGISTRY[name]
     except KeyError:
         raise ModelError(
             f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
-
-
-def _load_plugins() -> None:
-    """Register the models of plugin packages (entry points ``tilesegment.models``), once
-    per process; a broken plugin is a warning here (resolving its name is an error)."""
-    from tilesegment.models.plugins import load_plugins
-
-    load_plugins(strict=False)
 
 
 def get_spec(name: str, in_channels: int, num_classes: int | None = None) -> ModelSpec:

@@ -36,6 +36,15 @@ class Normalization:
             raise ValueError("fixed normalization needs mean and std")
 
 
+IMAGENET = Normalization("fixed", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+"""ImageNet statistics in 8-bit units, for backbones pretrained on ImageNet (3 bands)."""
+
+
+def imagenet_or_raster(c: int) -> Normalization:
+    """ImageNet statistics for 3-band input; whole-raster statistics otherwise."""
+    return IMAGENET if c == 3 else Normalization("raster")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The model contract's metadata.

@@ -31,7 +31,8 @@ branch and MobileNetV3 has squeeze-and-excitation blocks, both global average po
 those four models see the whole tile: tiled output differs from whole-image output whatever
 the halo. Their spec's radius is a heuristic quarter tile that only reduces seams.
 
-This module imports torch only when a model is built, so the registry's specs stay light.
+This module imports torch only when a model is built, so the registry's specs stay light;
+it registers its models at its end (imported by :mod:`tilesegment.models.catalog`).
 """
 
 from __future__ import annotations
@@ -44,13 +45,12 @@ from typing import TYPE_CHECKING, Any
 
 from tilesegment.errors import ModelError, RandomWeightsWarning
 from tilesegment.grid import TileRule
+from tilesegment.models.registry import ModelEntry, register_model
 from tilesegment.models.spec import ModelSpec, Normalization
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from tilesegment.models.registry import ModelEntry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """torchvision's ImageNet mean of RGB in [0, 1] units."""
@@ -171,9 +171,8 @@ def tv_spec(name: str, in_channels: int, num_classes: int) -> ModelSpec:
 
 
 def tv_entries() -> list[ModelEntry]:
-    """Registry entries for :data:`TV_MODELS`; builder options: ``weights`` (a local file)."""
-    from tilesegment.models.registry import ModelEntry
-
+    """Registry entries for :data:`TV_MODELS` (fresh ones: this module registers its own
+    once, at its end); builder options: ``weights`` (a local file)."""
     def entry(name: str) -> ModelEntry:
         info = TV_MODELS[name]
 
@@ -332,3 +331,7 @@ def __getattr__(name: str) -> Any:
     if name == "TorchvisionSegmenter":
         return _segmenter_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+for _entry in tv_entries():
+    register_model(_entry)
