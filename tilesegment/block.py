@@ -152,18 +152,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted
 
 
+def _argmax(values: np.ndarray, dtype: np.dtype | type) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids ``(h, w)`` of ``dtype`` by argmax over axis 0 of ``(K, h, w)`` (ties → the
+    lower id, as numpy), and the best value per pixel (NaN where any value is NaN)."""
+    # A loop over classes is ~2× faster than argmax over axis 0; strict ">" keeps numpy's
+    # rule that ties go to the lower id.
+    best = values[0].copy()
+    ids = np.zeros(values.shape[1:], dtype=dtype)
+    for k in range(1, len(values)):
+        ids[values[k] > best] = k
+        np.maximum(best, values[k], out=best)  # propagates NaN
+    return ids, best
+
+
 def to_mask(result: BlockResult, dtype: np.dtype, nodata: int) -> np.ndarray:
     """Class ids ``(h, w)`` by argmax (ties → the lower id); nodata where input was nodata
     and wherever the best logit is NaN or infinite (never a class by default)."""
-    logits = result.logits
-    # A loop over classes is ~2× faster than argmax over axis 0 of (K, h, w); strict ">"
-    # keeps numpy's rule that ties go to the lower id.
-    best = logits[0].copy()
-    mask = np.zeros(logits.shape[1:], dtype=dtype)
-    for k in range(1, len(logits)):
-        better = logits[k] > best
-        mask[better] = k
-        np.maximum(best, logits[k], out=best)  # propagates NaN
+    mask, best = _argmax(result.logits, dtype)
     mask[~result.valid] = nodata
     mask[~np.isfinite(best)] = nodata
     return mask
@@ -183,12 +188,7 @@ def agreeing_probabilities(probs: np.ndarray, mask: np.ndarray, valid: np.ndarra
     if out.shape[0] < 2:
         return out
     k = out.shape[0]
-    stored_best = np.zeros(mask.shape, dtype=np.int64)
-    best = out[0].copy()
-    for c in range(1, k):  # argmax with NaN-safe strict ">" (ties → lower id, as numpy)
-        better = out[c] > best
-        stored_best[better] = c
-        np.maximum(best, out[c], out=best)
+    stored_best, _ = _argmax(out, np.int64)
     fix = valid & (stored_best != mask)
     if not fix.any():
         return out
