@@ -594,12 +594,12 @@ def throughput(args: argparse.Namespace, work: Path, results: dict[str, Any]) ->
 
 PROFILE_KEYS: dict[str, tuple[str, str | tuple[str, ...]]] = {
     "read (GDAL decode)": ("tilesegment/read/geotiff.py", "read"),
-    "read_canvas (read + pad)": ("tilesegment/tile.py", "read_canvas"),
+    "read_canvas (read + pad)": ("tilesegment/split.py", "read_canvas"),
     "nodata mask": ("tilesegment/normalize.py", ("valid_mask", "missing_values")),
     "normalize (to float32)": ("tilesegment/normalize.py", "normalize"),
-    "cut_tiles (np.stack)": ("tilesegment/tile.py", "cut_tiles"),
+    "cut_tiles (np.stack)": ("tilesegment/split.py", "cut_tiles"),
     "Predictor.__call__ (model call)": ("tilesegment/infer.py", "__call__"),
-    "stitch (BlockStitcher.add)": ("tilesegment/stitch.py", "add"),
+    "merge (CropMerger.add_one)": ("tilesegment/merge/crop.py", "add_one"),
     "to_mask (argmax)": ("tilesegment/block.py", "to_mask"),
     "block write (Zarr scratch)": ("tilesegment/write/base.py", "write_block"),
     "finalize (Zarr -> GeoTIFF)": ("tilesegment/write/base.py", "finalize"),

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tilesegment.tile import read_canvas
+from tilesegment.split import read_canvas
 
 
 class ConvStack(nn.Module):

@@ -7,7 +7,7 @@ import numpy as np
 from tests.helpers import ConvStack
 from tilesegment import segment
 from tilesegment.grid import TileSpec, tiles_for_window
-from tilesegment.stitch import MIN_WEIGHT, gaussian_weight
+from tilesegment.merge.gaussian import MIN_WEIGHT, gaussian_weight
 
 
 def test_gaussian_weight_is_positive_everywhere_and_peaks_in_the_middle():

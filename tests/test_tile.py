@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tilesegment.tile import cut_tiles, read_canvas
+from tilesegment.split import cut_tiles, read_canvas
 
 MODES = ["reflect", "symmetric", "edge", "constant"]
 

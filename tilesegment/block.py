@@ -1,8 +1,15 @@
-"""The work of one block task: read → tile → infer → stitch, for one output block.
+"""The work of one block task: split → infer → merge → refine (→ write), for one block.
 
 A :class:`BlockJob` is everything a task needs, small and picklable (the raster carries a
 path, the model a recipe). :func:`segment_block` returns the block's logits;
 :func:`write_block` also writes the block to the output and returns only counts.
+
+The pieces, each with its own contract: the :class:`~tilesegment.split.Splitter` says which
+tiles of the global grid the block needs and reads them padded and normalised; the
+predictor (:mod:`tilesegment.infer`) runs the model on one batch of tiles at a time; a
+merger (:mod:`tilesegment.merge`) puts the outputs back into the block; refiners
+(:mod:`tilesegment.refine`, e.g. the dense CRF) see the merged block widened by their reach
+and return the block.
 
 Non-finite values never become a class. Input values that are ±inf (or beyond float32's
 range) are missing, like NaN and nodata (see :func:`~tilesegment.normalize.missing_values`),
@@ -19,12 +26,16 @@ from typing import Any
 import numpy as np
 
 from tilesegment.errors import portable_errors
-from tilesegment.grid import TileSpec, tiles_for_window
-from tilesegment.normalize import missing_values, nonfinite_values, normalize
-from tilesegment.tile import cut_tiles, read_canvas
+from tilesegment.grid import TileSpec
+from tilesegment.merge import merger_for, softmax
+from tilesegment.refine import Refiner, inner, refiner_for, widen
+from tilesegment.split import Splitter
 from tilesegment.workers import ModelRecipe, get_predictor
 
 Window = tuple[int, int, int, int]
+
+__all__ = ["BlockJob", "BlockResult", "agreeing_probabilities", "blank_faults", "block_array",
+           "merge_block", "segment_block", "softmax", "to_mask", "write_block"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,17 @@ class BlockJob:
     mask_dtype: str = "uint8"
     crf: Any = None          # CRFParams: refine each block with a dense CRF
     crf_range: Any = None    # the raster's value range mapped to 8-bit for the CRF
+    refiners: tuple[Refiner, ...] = ()  # further refiners, run before the CRF
+
+    def splitter(self) -> Splitter:
+        """The splitter of this job's raster, tiling and normalisation."""
+        return Splitter(self.raster, self.spec, self.mean, self.std, self.pad_value)
+
+    def stages(self) -> tuple[Refiner, ...]:
+        """The refiners in the order they run: :attr:`refiners`, then the CRF if asked."""
+        if self.crf is None:
+            return self.refiners
+        return (*self.refiners, refiner_for("crf", params=self.crf, image_range=self.crf_range))
 
 
 @dataclass
@@ -81,75 +103,40 @@ def blank_faults(result: BlockResult) -> BlockResult:
 
 
 def segment_block(job: BlockJob, window: Window) -> BlockResult:
-    """The block's result: stitched tiles, refined by the dense CRF when the job asks."""
-    if job.crf is None:
-        return stitch_block(job, window)
-    return crf_refined_block(job, window)
-
-
-def crf_refined_block(job: BlockJob, window: Window) -> BlockResult:
-    """Stitch the block plus the CRF's halo (real pixels only, cut at the raster edge), run
-    the dense CRF there and keep the block. Logits become ``log q`` of the refined
-    probabilities, so argmax and softmax downstream mean what they meant before."""
-    from tilesegment.models.crf import crf_block, crf_halo
-
-    h, w = job.raster.height, job.raster.width
-    reach = crf_halo(job.crf)
-    r0, r1, c0, c1 = window
-    wide = (max(0, r0 - reach), min(h, r1 + reach), max(0, c0 - reach), min(w, c1 + reach))
-    big = stitch_block(job, wide)  # model faults blanked: the CRF never refines them
-    image = job.raster.read(wide)
-    margins = (r0 - wide[0], wide[1] - r1, c0 - wide[2], wide[3] - c1)
-    q = crf_block(softmax(big.logits), image, margins, job.crf, origin=(wide[0], wide[2]),
-                  image_range=job.crf_range)
-    keep = (slice(margins[0], margins[0] + r1 - r0), slice(margins[2], margins[2] + c1 - c0))
-    disagreement = None if big.disagreement is None else big.disagreement[keep]
-    result = BlockResult(np.log(np.maximum(q, 1e-30)), big.valid[keep], big.tiles, disagreement,
-                         nonfinite=big.nonfinite[keep], faults=big.faults[keep])
+    """The block's result: merged tiles of the block widened by the refiners' reach, each
+    refiner in turn, then the block itself. Without refiners, the merged block."""
+    stages = job.stages()
+    if not stages:
+        return merge_block(job, window)
+    shape = (job.raster.height, job.raster.width)
+    reaches = [stage.reach for stage in stages]
+    wide = widen(window, sum(reaches), shape)
+    merged = merge_block(job, wide)  # model faults blanked: refiners never see them
+    logits, have = merged.logits, wide
+    for n, stage in enumerate(stages):
+        want = widen(window, sum(reaches[n + 1:]), shape)
+        image = job.raster.read(have) if stage.needs_image else None
+        logits = stage.refine(logits, image, have, want)
+        have = want
+    keep = inner(wide, window)
+    disagreement = None if merged.disagreement is None else merged.disagreement[keep]
+    result = BlockResult(logits, merged.valid[keep], merged.tiles, disagreement,
+                         nonfinite=merged.nonfinite[keep], faults=merged.faults[keep])
     return blank_faults(result)
 
 
-def stitch_block(job: BlockJob, window: Window) -> BlockResult:
-    """Run every tile whose used output touches ``window`` and stitch them into it."""
-    from tilesegment.stitch import BlockStitcher
-
-    raster, spec = job.raster, job.spec
-    shape = (raster.height, raster.width)
-    tiles = tiles_for_window(shape, spec, window)
-    top = min(t.row for t in tiles)
-    left = min(t.col for t in tiles)
-    bottom = max(t.row for t in tiles) + spec.tile
-    right = max(t.col for t in tiles) + spec.tile
-    raw = read_canvas(raster.read, shape, (top, bottom, left, right), spec.pad_mode,
-                      job.pad_value)
-    missing = missing_values(raw, raster.nodata)
-    ok = ~missing.all(axis=0)
-    r0, r1, c0, c1 = window
-    inside = (slice(None), slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
-    nonfinite = nonfinite_values(raw[inside], raster.nodata).any(axis=0)
-    canvas = normalize(raw, job.mean, job.std)
-    canvas[missing] = 0.0  # a missing value becomes its band's mean, not a wild raw value
-    del raw, missing
-
+def merge_block(job: BlockJob, window: Window) -> BlockResult:
+    """Split → infer → merge: every tile whose used output touches ``window``, run one
+    batch at a time and merged into the block."""
+    splitter = job.splitter()
+    stack = splitter.read(window, splitter.tiles_for(window))
     predictor = get_predictor(job.recipe)
-    stitcher = BlockStitcher(spec, window, job.recipe.num_classes)
-    batch = predictor.batch_size
-    for start in range(0, len(tiles), batch):
-        group = tiles[start:start + batch]
-        stack = cut_tiles(canvas, (top, left), [(t.row, t.col) for t in group], spec.tile)
-        for tile, out in zip(group, predictor(stack), strict=True):
-            stitcher.add(tile, out)
-    result = BlockResult(stitcher.result(), ok[inside[1:]], len(tiles), stitcher.disagreement(),
-                         nonfinite=nonfinite)
+    merger = merger_for(job.spec.blend)(job.spec, window, job.recipe.num_classes)
+    for tiles, batch in stack.batches(predictor.batch_size):
+        merger.add(tiles, predictor(batch))
+    result = BlockResult(merger.result(), stack.valid, len(stack), merger.disagreement(),
+                         nonfinite=stack.nonfinite)
     return blank_faults(result)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over axis 0 of ``float32 (K, h, w)``, computed stably in float32."""
-    shifted = logits - logits.max(axis=0, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=0, keepdims=True)
-    return shifted
 
 
 def _argmax(values: np.ndarray, dtype: np.dtype | type) -> tuple[np.ndarray, np.ndarray]:

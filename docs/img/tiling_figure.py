@@ -2,7 +2,7 @@
 
     python docs/img/tiling_figure.py            # writes docs/img/tiling-overlap.png
 
-The padded canvas is made by the package's own ``tilesegment.tile.read_canvas`` and the
+The padded canvas is made by the package's own ``tilesegment.split.read_canvas`` and the
 grid by ``tilesegment.grid``, so the picture shows what the code does. Needs matplotlib.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from tilesegment.grid import TileSpec, grid_shape
-from tilesegment.tile import read_canvas
+from tilesegment.split import read_canvas
 
 H, W = 200, 280          # raster (rows, cols)
 SPEC = TileSpec(tile=128, halo=32)  # core 64
