@@ -4,7 +4,7 @@
 
 A recipe, not part of the package: it trains ``unet-tiny`` (1 band, 2 classes) on the LEFT
 half of ``nuclei.tif`` against ``nuclei_labels.tif > 0`` (2018 Data Science Bowl, CC0), with
-random 128-px crops and flips, Adam, cross-entropy, on the CPU in minutes, and writes
+random 128-px tiles and flips, Adam, cross-entropy, on the CPU in minutes, and writes
 ``.safetensors`` + its JSON model card (classes, normalisation, tile defaults, training
 provenance). Score it on the held-out right half:
 
@@ -25,10 +25,13 @@ import tifffile
 import torch
 from torch import nn
 
+from tilesegment.grid import TileSpec
 from tilesegment.models import Normalization, create_model, get_spec
 from tilesegment.models.checkpoint import ModelCard, save_checkpoint
+from tilesegment.split import Splitter
 
 CROP = 128
+IGNORE = 255
 
 
 def load(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -40,30 +43,35 @@ def load(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def train(image: np.ndarray, truth: np.ndarray, steps: int, seed: int) -> tuple[nn.Module,
                                                                                dict]:
     half = image.shape[1] // 2
-    x_all, y_all = image[:, :half], truth[:, :half]
+    region = (0, image.shape[0], 0, half)  # labels and tiles from the left half only
+    x_all = image[:, :half]
     mean, std = float(x_all.mean()), float(x_all.std())
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model = create_model("unet-tiny", 1, 2, seed=seed).train()
+    spec = get_spec("unet-tiny", 1, 2)
+    # The tiles and labels inference would see: the same padding, normalisation and the
+    # label crop aligned with the model's output (its shrink; 0 for this same-padded net).
+    shrink = spec.check_tile(CROP)
+    splitter = Splitter(image, TileSpec(tile=CROP, halo=shrink, shrink=shrink),
+                        mean=np.array([mean]), std=np.array([std]))
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     weights = torch.tensor([1.0, 2.0])  # nuclei are ~20 % of the pixels
     started = time.perf_counter()
     for step in range(steps):
         xs, ys = [], []
-        for _ in range(8):
-            r = rng.integers(0, x_all.shape[0] - CROP + 1)
-            c = rng.integers(0, x_all.shape[1] - CROP + 1)
-            x = (x_all[r:r + CROP, c:c + CROP] - mean) / std
-            y = y_all[r:r + CROP, c:c + CROP]
+        for tile in splitter.random_tiles(rng, 8, region=region):
+            x, y = splitter.training_pair(tile, truth, ignore_index=IGNORE, region=region)
             if rng.random() < 0.5:
-                x, y = x[::-1], y[::-1]
+                x, y = x[:, ::-1], y[::-1]
             if rng.random() < 0.5:
-                x, y = x[:, ::-1], y[:, ::-1]
+                x, y = x[:, :, ::-1], y[:, ::-1]
             xs.append(x.copy())
             ys.append(y.copy())
-        batch = torch.from_numpy(np.stack(xs))[:, None]
+        batch = torch.from_numpy(np.stack(xs))
         target = torch.from_numpy(np.stack(ys))
-        loss = nn.functional.cross_entropy(model(batch), target, weight=weights)
+        loss = nn.functional.cross_entropy(model(batch), target, weight=weights,
+                                           ignore_index=IGNORE)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
