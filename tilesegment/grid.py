@@ -169,7 +169,8 @@ class Tile:
 
     The input window is ``[row, row + tile) × [col, col + tile)`` in raster coordinates and may
     reach outside the raster (filled by the pad mode). Its output starts at
-    ``(row + shrink, col + shrink)``.
+    ``(row + shrink, col + shrink)``. A training tile drawn off the grid
+    (:meth:`tilesegment.split.Splitter.random_tiles`) has ``i = j = -1``.
     """
 
     i: int
