@@ -287,3 +287,30 @@ def test_describe_plan_is_json(image, tmp_path):
     described = describe_plan(build_plan(image, tmp_path / "o.tif", **BASE))
     assert json.loads(json.dumps(described)) == described
     assert described["output"]["kind"] == "geotiff"
+
+
+def test_a_checkpoint_is_planned_from_its_card_with_the_runs_fingerprint(image, tmp_path):
+    """The card's halo 52 is off unet-tiny's pooling grid: moved onto it, and said why."""
+    from tilesegment.models import create_model
+    from tilesegment.models.checkpoint import save_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(create_model("unet-tiny", 3, 2, seed=7), path, dict(
+        architecture="unet-tiny", in_channels=3, num_classes=2,
+        class_names=["background", "tissue"], class_colors=[[0, 0, 0], [200, 30, 60]],
+        normalization={"mode": "fixed", "mean": [120.0, 110.0, 100.0],
+                       "std": [50.0, 50.0, 50.0]}, tile=128, halo=52))
+    out = tmp_path / "m.zarr"
+    args = [image, "-o", out, "--model", path, "--device", "cpu"]
+    described = json.loads(invoke("plan", *args, "--json").stdout)
+    assert described["model"]["kind"] == "checkpoint"
+    assert described["model"]["random_weights"] is False
+    assert described["geometry"]["halo"] == 56
+    assert described["geometry"]["halo_reason"] == "checkpoint card, moved onto the pooling grid"
+    assert described["normalization"]["mean"] == [120.0, 110.0, 100.0]
+    import hashlib
+
+    assert described["model"]["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert invoke("run", *args).exit_code == 0
+    assert read_output_meta(out)["provenance"]["fingerprint"] == described["fingerprint"]
+    assert "RANDOM" not in invoke("plan", *args[:2], tmp_path / "n.zarr", *args[3:]).stdout

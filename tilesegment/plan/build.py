@@ -148,7 +148,9 @@ def build_plan(
         mspec, module, probed = resolved.spec, resolved.module, resolved.probed
         mkind, msource, card, card_halo = (resolved.kind, resolved.source, resolved.card,
                                            resolved.halo)
-    else:
+    else:  # described from the spec alone: what resolve_model would also refuse
+        if card is not None and weights:
+            raise ModelError(f"{model}: a checkpoint carries its weights; drop --weights")
         mspec, module, probed = pspec, None, False
         mkind, msource = ("checkpoint", model) if card is not None else ("registered", None)
     card_halo = card_halo if tile is None else None  # meant for the card's default tile
