@@ -27,7 +27,7 @@ from tilesegment.block import BlockJob, block_array, write_block
 from tilesegment.errors import NonFiniteWarning
 from tilesegment.execute import compute
 from tilesegment.grid import iter_blocks
-from tilesegment.plan.build import RETURNS, build_plan, complete_plan
+from tilesegment.plan.build import RETURNS, absolute_path, build_plan, complete_plan
 from tilesegment.plan.model import RunPlan
 from tilesegment.workers import ModelRecipe, release, validate_recipe, with_content_key
 
@@ -314,7 +314,7 @@ def provenance(plan: RunPlan) -> dict:
         "backbone_weights_sha256": mdl.backbone_weights_sha256,
         "random_weights": mdl.random_weights,
         "model_kind": mdl.kind,
-        "model_source": _absolute(resolved.source) if resolved.source else None,
+        "model_source": absolute_path(resolved.source) if resolved.source else None,
         "seed": mdl.seed,
         "tile": geo.tile, "halo": geo.halo, "shrink": geo.shrink,
         "pad_mode": geo.pad_mode, "blend": geo.blend, "blend_margin": geo.blend_margin,
@@ -332,9 +332,3 @@ def provenance(plan: RunPlan) -> dict:
         prov["training"] = resolved.card.training
     return prov
 
-
-def _absolute(source: str) -> str:
-    """An input path made absolute (so a provenance record means the same file anywhere);
-    descriptions of in-memory arrays are kept as they are."""
-    path = Path(source)
-    return str(path.resolve()) if path.exists() else source

@@ -169,7 +169,7 @@ def build_plan(
     rows, cols = grid_shape(shape, tspec)
     plan = RunPlan(
         source=SourcePlan(
-            description=_absolute(raster.source), kind=raster.kind,
+            description=absolute_path(raster.source), kind=raster.kind,
             shape=tuple(int(n) for n in raster.shape), dtype=str(np.dtype(raster.dtype)),
             level=raster.level, mpp=mpp, nodata=raster.nodata,
             identity=source_identity(source, raster), raster=raster),
@@ -217,8 +217,8 @@ def _model_plan(model, mspec, kind, msource, card, module, resolved, weights,
     return ModelPlan(
         reference=reference, kind=kind, name=mspec.name, classes=mspec.num_classes,
         channels=bands, class_names=tuple(mspec.class_names),
-        weights=_absolute(str(weights)) if weights else None, weights_sha256=weights_sha,
-        backbone_weights=_absolute(str(backbone_weights)) if backbone_weights else None,
+        weights=absolute_path(str(weights)) if weights else None, weights_sha256=weights_sha,
+        backbone_weights=absolute_path(str(backbone_weights)) if backbone_weights else None,
         backbone_weights_sha256=file_digest(backbone_weights) if backbone_weights else None,
         seed=seed, random_weights=random_weights, content_key=key, spec=mspec,
         resolved=resolved, module=model if not isinstance(model, str) else None)
@@ -500,7 +500,7 @@ def _floats(values: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in np.asarray(values, np.float64).ravel())
 
 
-def _absolute(source: str) -> str:
+def absolute_path(source: str) -> str:
     """An input path made absolute (so a record means the same file anywhere);
     descriptions of in-memory arrays are kept as they are."""
     path = Path(source)
