@@ -38,9 +38,9 @@ def plan(source: str, output: str, level: int | None, mpp: float | None, cog: bo
     truth_settings = {name: options.pop(name) for name in TRUTH_ALIGNMENT}
     settings = segment_settings(truth=truth, **options)
     check_truth(source, truth, level, mpp, truth_settings)
-    # A --local-cluster run computes with the threads of its own worker processes: the
-    # plan of a distributed run, whatever its address.
-    scheduler = "tcp://local-cluster" if local_cluster else scheduler
+    # A --local-cluster run computes in worker processes of its own: a distributed plan
+    # (no cluster is started to plan it).
+    scheduler = f"local-cluster ({local_cluster} workers)" if local_cluster else scheduler
     run_plan = build_plan(source, output, level=level, mpp=mpp, cog=cog,
                           scheduler=scheduler, progress=bool(progress), resolve=False,
                           **settings)
