@@ -247,8 +247,12 @@ RECIPE = REPO / "pipelines" / "sample-unet.toml"
 
 
 def _recipe() -> dict:
+    """The recipe's settings by their old flat names (its tables are the plan's sections)."""
     data = tomllib.loads(RECIPE.read_text(encoding="utf-8"))
-    return data.get("run", data)
+    return {"model": data["model"]["name"], "classes": data["model"]["classes"],
+            "tile": data["geometry"]["tile"], "halo": data["geometry"]["halo"],
+            "pad-mode": data["geometry"]["pad_mode"], "blend": data["geometry"]["blend"],
+            "normalize": data["normalization"]["mode"]}
 
 
 @pytest.mark.skipif(not RECIPE.is_file(), reason="pipelines/sample-unet.toml is absent")

@@ -183,8 +183,8 @@ def test_overwrite_never_replaces_inputs_or_foreign_directories(tmp_path: Path) 
 def test_recipe_overwrite_obeys_the_same_rules(tmp_path: Path) -> None:
     make_input_zarr(tmp_path / "img.zarr")
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text("overwrite = true\nmodel = 'identity'\nclasses = 3\ntile = 32\n"
-                      "halo = 0\n")
+    recipe.write_text("[output]\noverwrite = true\n[model]\nname = 'identity'\nclasses = 3\n"
+                      "[geometry]\ntile = 32\nhalo = 0\n")
     before = tree_hash(tmp_path)
     line = failed(invoke("run", tmp_path / "img.zarr", "-o", tmp_path / "img.zarr",
                          "--config", recipe))

@@ -148,13 +148,12 @@ _DIGESTS: dict[tuple, str] = {}
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) so a run hashes it once."""
-    from tilesegment.models.weights import file_sha256
-
     real = os.path.realpath(path)
     stat = os.stat(real)
     memo = (real, stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if memo not in _DIGESTS:
-        _DIGESTS[memo] = file_sha256(real)
+    if memo not in _DIGESTS:  # hashlib, not models.weights: no torch for a plan
+        with open(real, "rb") as f:
+            _DIGESTS[memo] = hashlib.file_digest(f, "sha256").hexdigest()
     return _DIGESTS[memo]
 
 

@@ -1,14 +1,13 @@
-"""``--config FILE``: settings for ``run`` from a TOML recipe; flags on the command line win.
+"""``--config FILE``: settings for ``run`` and ``plan`` from a TOML recipe; flags win.
 
-The recipe's ``[run]`` table (or its top level) holds option names with ``-`` or ``_``; the
-values become Click's ``default_map``, so anything given on the command line overrides them.
+A recipe's tables are the run plan's sections (``[model] name = "unet-tiny"``,
+``[geometry] tile = 512``...; see :mod:`tilesegment.plan.recipe`). Its values become
+Click's ``default_map``, so anything given on the command line overrides them. An unknown
+table or key is a :class:`~tilesegment.errors.SettingError` (one line, exit 1) naming the
+file, the key and the nearest known one.
 """
 
 from __future__ import annotations
-
-import tomllib
-from pathlib import Path
-from typing import Any
 
 import click
 
@@ -17,25 +16,19 @@ def load_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -
     """Eager Click callback: read the recipe into ``ctx.default_map``."""
     if value is None:
         return None
-    path = Path(value)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"{path}: {' '.join(str(exc).split())}", ctx, param) from None
-    table: dict[str, Any] = data.get("run", data)
-    # a setting is named as its long flag (``pad-mode`` or ``pad_mode`` for ``--pad-mode``)
-    known = {}
-    for p in ctx.command.params:
-        if p.name in ("config", "source"):
-            continue
-        for opt in getattr(p, "opts", []):
-            if opt.startswith("--"):
-                known[opt[2:].replace("-", "_")] = p.name
-    settings = {}
-    for key, val in table.items():
-        name = known.get(key.replace("-", "_"))
-        if name is None:
-            raise click.BadParameter(f"{path}: unknown setting {key!r}", ctx, param)
-        settings[name] = val
+    from tilesegment.errors import SettingError
+    from tilesegment.plan.recipe import PYTHON_ONLY, read_recipe
+
+    settings = read_recipe(value)  # a SettingError: one line, exit 1, like any setting
+    if settings.get("normalization") == "explicit":
+        raise SettingError(f"{value}: [normalization] mode \"explicit\" (mean, std) is for "
+                           "the Python API; the command line takes spec, raster or none")
+    python_only = sorted(PYTHON_ONLY & settings.keys())
+    if python_only:
+        raise SettingError(f"{value}: {', '.join(python_only)} only apply to the Python API "
+                           "(segment())")
+    # `plan` has no scoring options: the [truth] keys it does not use are left out
+    known = {p.name for p in ctx.command.params}
+    settings = {name: val for name, val in settings.items() if name in known}
     ctx.default_map = {**(ctx.default_map or {}), **settings}
     return value

@@ -22,34 +22,57 @@ def parse_mapping(ctx, param, value: str | None) -> dict[int, int] | None:
     return out
 
 
+TRUTH_OPTIONS = (
+    ("ignore_index", click.option("--ignore-index", type=int,
+                                  help="Truth value left out of the counts.")),
+    ("instances", click.option(
+        "--instances", is_flag=True,
+        help="Truth is an instance-label mask: every id > 0 is foreground (1).")),
+    ("mapping", click.option("--map", "mapping", callback=parse_mapping,
+                             help="Truth value → class id, e.g. '1:0,2:1,7:1'.")),
+    ("allow_crs_alias", click.option(
+        "--allow-crs-alias", is_flag=True,
+        help="Accept CRS that GDAL finds equivalent but that are named "
+             "differently (e.g. EPSG:32119 vs EPSG:3358).")),
+    ("resample_truth", click.option(
+        "--resample-truth", is_flag=True,
+        help="Sample the truth onto the prediction's grid by nearest neighbour.")),
+    ("seam_width", click.option(
+        "--seam-width", type=click.IntRange(min=1),
+        help="Also score pixels within this many px of a tile-core boundary "
+             "against the interior.")),
+    ("core", click.option(
+        "--core", type=click.IntRange(min=1),
+        help="Core side in px for --seam-width (default: from the "
+             "prediction's provenance).")),
+    ("json_out", click.option(
+        "--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True),
+        help="Write the report as JSON ('-' for stdout).")),
+    ("csv_out", click.option(
+        "--csv", "csv_out", type=click.Path(dir_okay=False),
+        help="Write per-class rows and the measures as CSV.")),
+    ("report_dir", click.option(
+        "--report", "report_dir", type=click.Path(file_okay=False),
+        help="Folder for a Markdown report with PNG figures (confusion "
+             "matrix, error preview).")),
+)
+"""``(parameter name, option)`` of the truth options, in ``--help`` order."""
+TRUTH_ALIGNMENT = ("allow_crs_alias", "resample_truth")
+"""The truth options that decide whether the truth lies on the mask's grid."""
+
+
 def truth_options(f):
     """Options shared by ``evaluate`` and ``run --truth``."""
-    for decorator in reversed([
-        click.option("--ignore-index", type=int, help="Truth value left out of the counts."),
-        click.option("--instances", is_flag=True,
-                     help="Truth is an instance-label mask: every id > 0 is foreground (1)."),
-        click.option("--map", "mapping", callback=parse_mapping,
-                     help="Truth value → class id, e.g. '1:0,2:1,7:1'."),
-        click.option("--allow-crs-alias", is_flag=True,
-                     help="Accept CRS that GDAL finds equivalent but that are named "
-                          "differently (e.g. EPSG:32119 vs EPSG:3358)."),
-        click.option("--resample-truth", is_flag=True,
-                     help="Sample the truth onto the prediction's grid by nearest neighbour."),
-        click.option("--seam-width", type=click.IntRange(min=1),
-                     help="Also score pixels within this many px of a tile-core boundary "
-                          "against the interior."),
-        click.option("--core", type=click.IntRange(min=1),
-                     help="Core side in px for --seam-width (default: from the "
-                          "prediction's provenance)."),
-        click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True),
-                     help="Write the report as JSON ('-' for stdout)."),
-        click.option("--csv", "csv_out", type=click.Path(dir_okay=False),
-                     help="Write per-class rows and the measures as CSV."),
-        click.option("--report", "report_dir", type=click.Path(file_okay=False),
-                     help="Folder for a Markdown report with PNG figures (confusion "
-                          "matrix, error preview)."),
-    ]):
+    for _, decorator in reversed(TRUTH_OPTIONS):
         f = decorator(f)
+    return f
+
+
+def truth_alignment_options(f):
+    """Only the options of :data:`TRUTH_ALIGNMENT` (``plan --truth`` checks the grid)."""
+    for name, decorator in reversed(TRUTH_OPTIONS):
+        if name in TRUTH_ALIGNMENT:
+            f = decorator(f)
     return f
 
 

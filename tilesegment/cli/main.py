@@ -15,6 +15,7 @@ from tilesegment import __version__
 from tilesegment.cli.evaluate import evaluate
 from tilesegment.cli.info import info
 from tilesegment.cli.models import models
+from tilesegment.cli.plan import plan
 from tilesegment.cli.run import run
 
 
@@ -62,6 +63,7 @@ def cli() -> None:
 
 
 cli.add_command(run)
+cli.add_command(plan)
 cli.add_command(info)
 cli.add_command(evaluate)
 cli.add_command(models)

@@ -81,6 +81,7 @@ def create_output(
     overwrite: bool = False,
     cog: bool = False,
     inputs: Iterable[str | Path] = (),
+    fingerprint: str | None = None,  # the run plan's; the block store's key (P3)
 ) -> Output:
     """Start an output at ``path`` (kind from the extension) for a mask described by ``meta``.
 

@@ -1,0 +1,51 @@
+"""``tilesegment plan``: print a run's plan (raster, model, tiles, blocks, halo and why,
+memory per block task, output, fingerprint) without reading a pixel or building the model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from tilesegment.cli.evaluate import TRUTH_ALIGNMENT
+from tilesegment.cli.options import (
+    RUN_SECTIONS,
+    check_truth,
+    check_usage,
+    plan_options,
+    segment_settings,
+)
+from tilesegment.cli.sections import SectionedCommand
+
+
+@click.command(cls=SectionedCommand, sections=RUN_SECTIONS)
+@plan_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(source: str, output: str, level: int | None, mpp: float | None, cog: bool,
+         local_cluster: int | None, dashboard: bool, scheduler: str,
+         progress: bool | None, truth: str | None, as_json: bool, **options: Any) -> None:
+    """Print what `run` with the same SOURCE and options would do, without running it.
+
+    Reads the raster's metadata only and builds no model (torch is not even imported for a
+    registered model name): the same checks and errors as `run`, then the plan and its
+    fingerprint. Normalisation statistics of `--normalize raster` are computed only by the run.
+    """
+    check_usage(output, level, mpp, cog, dashboard, local_cluster)
+    from tilesegment.plan import build_plan, describe_plan
+    from tilesegment.plan.describe import format_plan
+
+    truth_settings = {name: options.pop(name) for name in TRUTH_ALIGNMENT}
+    settings = segment_settings(truth=truth, **options)
+    check_truth(source, truth, level, mpp, truth_settings)
+    # A --local-cluster run computes in worker processes of its own: a distributed plan
+    # (no cluster is started to plan it).
+    scheduler = f"local-cluster ({local_cluster} workers)" if local_cluster else scheduler
+    run_plan = build_plan(source, output, level=level, mpp=mpp, cog=cog,
+                          scheduler=scheduler, progress=bool(progress), resolve=False,
+                          **settings)
+    if as_json:
+        click.echo(json.dumps(describe_plan(run_plan), indent=2))
+    else:
+        for line in format_plan(run_plan):
+            click.echo(line)
