@@ -52,12 +52,19 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
     }
 
 
+def _mpp_unit(src) -> str:
+    """The unit of ``--mpp``: the raster's own (µm for slides, the CRS's for GeoTIFFs)."""
+    georef = getattr(src.raster, "georef", None)
+    unit = getattr(georef, "unit", None)
+    return {"um": "µm", None: "units"}.get(unit, unit)
+
+
 def format_plan(plan: RunPlan) -> list[str]:
     """The lines ``tilesegment plan`` prints."""
     src, mdl, geo, norm, out, exe = (plan.source, plan.model, plan.geometry,
                                      plan.normalization, plan.output, plan.execution)
     c, h, w = src.shape
-    where = f"level {src.level}" + (f", resampled to {src.mpp} per px" if src.mpp else "")
+    where = f"level {src.level}" + (f", at {src.mpp} {_mpp_unit(src)} per px" if src.mpp else "")
     weights = ("RANDOM weights" + (f" (seed {mdl.seed})" if mdl.random_weights else "")
                if mdl.random_weights else
                f"weights sha256 {mdl.weights_sha256}" if mdl.weights_sha256 else
