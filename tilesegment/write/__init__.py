@@ -120,6 +120,10 @@ def create_output(
     busy = [p for p in stores.candidates(final)
             if layout.block_store_key(final, p.name) == output.store_key]
     if busy:
+        found = stores.inspect_store(busy[0])
+        if isinstance(found, str):
+            raise OutputError(f"cannot write {final}: {busy[0]} is where this run's block "
+                              f"store goes, but {found}; move it away")
         raise OutputError(f"another run with the same settings is writing {final} (its "
                           f"block store {busy[0].name} is in use); wait for it to end")
     try:

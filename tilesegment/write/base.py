@@ -341,7 +341,8 @@ class Output(ABC):
         and :meth:`finalize`: a writer's ``_create`` calls this just before it creates the
         store (``create_output`` has made sure nothing else is there)."""
         root = layout.block_store_path(self.path, self.store_key, scratch=scratch)
-        self._claimed: Path | None = root
+        # a token-keyed store goes with the token's other temporaries (remove_partials)
+        self._claimed: Path | None = root if self.fingerprint else None
         return root
 
     def __enter__(self) -> Output:
