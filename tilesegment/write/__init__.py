@@ -108,24 +108,14 @@ def create_output(
     same fingerprint is writing there.
     """
     final = Path(path).expanduser().absolute()
-    if fingerprint is not None and (not isinstance(fingerprint, str) or len(fingerprint) <
-                                    layout.STORE_KEY_LENGTH or not set(fingerprint.lower())
-                                    <= set("0123456789abcdef")):
+    if fingerprint is not None and not layout.is_fingerprint(fingerprint):
         raise ValueError(f"fingerprint must be a hex digest, got {fingerprint!r}")
     kind = check_output(final, overwrite=overwrite, cog=cog, inputs=inputs,
                         layers=[layer for layer in meta.layers if layer != layout.MASK])
     output = registry.writer(kind).new(final, meta, overwrite=overwrite, cog=cog)
     output.fingerprint = fingerprint.lower() if fingerprint else None
     stores.clear_stale(final, output.fingerprint, output.final_paths[1:])
-    busy = [p for p in stores.candidates(final)
-            if layout.block_store_key(final, p.name) == output.store_key]
-    if busy:
-        found = stores.inspect_store(busy[0])
-        if isinstance(found, str):
-            raise OutputError(f"cannot write {final}: {busy[0]} is where this run's block "
-                              f"store goes, but {found}; move it away")
-        raise OutputError(f"another run with the same settings is writing {final} (its "
-                          f"block store {busy[0].name} is in use); wait for it to end")
+    stores.check_free(final, output.store_key)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         output._create()

@@ -124,6 +124,13 @@ def final_of(path: Path) -> Path:
     return path
 
 
+def is_fingerprint(value: object) -> bool:
+    """Whether ``value`` can be a run plan's fingerprint: a hex string of at least
+    :data:`STORE_KEY_LENGTH` digits."""
+    return (isinstance(value, str) and len(value) >= STORE_KEY_LENGTH
+            and set(value.lower()) <= _HEX)
+
+
 def store_key(fingerprint: str) -> str:
     """The name key of the block store of a run whose plan has ``fingerprint``: its first
     :data:`STORE_KEY_LENGTH` hex digits (lower case)."""

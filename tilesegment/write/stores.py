@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tilesegment.errors import StaleOutputWarning
+from tilesegment.errors import OutputError, StaleOutputWarning
 from tilesegment.write import atomic, guard, layout, lock
 from tilesegment.write.base import open_store_roots
 
@@ -128,6 +128,21 @@ def _in_use(store: FoundStore, locked: bool) -> str | None:
     except (PermissionError, TypeError, ValueError, OverflowError):
         pass
     return f"process {pid} that made it is still running"
+
+
+def check_free(final: Path, key: str) -> None:
+    """OutputError unless the block store named ``key`` of ``final`` may be created: after
+    :func:`clear_stale`, whatever is still there is a live run's store of the same
+    settings, or something that is not ours."""
+    for path in candidates(final):
+        if layout.block_store_key(final, path.name) != key:
+            continue
+        found = inspect_store(path)
+        if isinstance(found, str):
+            raise OutputError(f"cannot write {final}: {path} is where this run's block store "
+                              f"goes, but {found}; move it away")
+        raise OutputError(f"another run with the same settings is writing {final} (its "
+                          f"block store {path.name} is in use); wait for it to end")
 
 
 def _warn(message: str) -> None:
