@@ -180,3 +180,43 @@ def test_the_registry_is_a_leaf():
     the plugin loader, not even the spec (only under ``TYPE_CHECKING``)."""
     imported = import_graph()["tilesegment.models.registry"]
     assert imported <= {"tilesegment.errors"}, imported
+
+
+def with_registry_loads(graph: dict[str, set[str]], package: Path = PACKAGE,
+                        ) -> dict[str, set[str]]:
+    """``graph`` plus the imports the writer registry makes by name: each ``"module:Class"``
+    value of its ``BUILTIN`` dict (loaded with ``importlib`` on first use) is an edge of
+    ``tilesegment.write.registry``, which ``ast`` alone does not see."""
+    registry = "tilesegment.write.registry"
+    tree = ast.parse((package / "write" / "registry.py").read_text(encoding="utf-8"))
+    loaded: set[str] = set()
+    for node in ast.walk(tree):
+        target = (node.target if isinstance(node, ast.AnnAssign)
+                  else node.targets[0] if isinstance(node, ast.Assign) else None)
+        if isinstance(target, ast.Name) and target.id == "BUILTIN" and isinstance(
+                node.value, ast.Dict):
+            loaded |= {v.value.partition(":")[0] for v in node.value.values
+                       if isinstance(v, ast.Constant) and isinstance(v.value, str)}
+    return {**graph, registry: graph.get(registry, set()) | (loaded & set(graph))}
+
+
+def write_cycles(package: Path = PACKAGE) -> list[list[str]]:
+    """The import cycles (function-level imports and the registry's loads included) that
+    pass through a module of ``tilesegment.write``."""
+    graph = with_registry_loads(import_graph(package), package)
+    return [c for c in cycles(graph) if any(m.startswith("tilesegment.write") for m in c)]
+
+
+def test_write_takes_part_in_no_import_cycle():
+    """With function-level imports and the registry's loads by name, no cycle passes through
+    ``tilesegment.write``: the writers use the leaf checks (``write.integrity``), never the
+    package or ``write.verify``, which sit above the registry (the cycle ``write`` →
+    ``geotiff_output`` → ``verify`` → ``write`` is gone)."""
+    graph = with_registry_loads(import_graph())
+    loads = graph["tilesegment.write.registry"]
+    assert {"tilesegment.write.zarr_output", "tilesegment.write.geotiff_output"} <= loads
+    assert write_cycles() == []
+    for writer in ("zarr_output", "geotiff_output", "base", "integrity", "stores"):
+        imported = graph[f"tilesegment.write.{writer}"]
+        assert not imported & {"tilesegment.write", "tilesegment.write.verify",
+                               "tilesegment.write.registry"}, (writer, imported)

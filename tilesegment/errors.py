@@ -58,6 +58,12 @@ class RandomWeightsWarning(UserWarning):
     """A model was built without weights: its output is meaningless except for testing."""
 
 
+class StaleOutputWarning(UserWarning):
+    """What a killed run left beside an output (its block store, an old output moved aside)
+    was removed by the next run onto that output, or left in place because it may not be
+    removed safely; the message names it and says why."""
+
+
 class NonFiniteWarning(UserWarning):
     """Input pixels holding ±inf (or values beyond float32's range), or model logits that
     are NaN/inf: those pixels became nodata in the mask (counted in the message)."""

@@ -11,9 +11,15 @@ the caller then calls ``finalize()`` (the output is verified, its completion rec
 written last, and it appears under its final name as one unit) or ``abort()`` (temporary
 files removed, the old output intact).
 
-zarr and rasterio are imported only when an output is made, checked or read (the registry
-then loads its writer classes), never by ``import tilesegment.write``. Names and keys on
-disk come from :mod:`tilesegment.write.layout`.
+The blocks of an unfinished output go to a hidden block store beside it, named by the run
+plan's ``fingerprint`` when the run has one (:mod:`tilesegment.write.stores`: a later run of
+the same settings can find it; what killed runs left is cleared, with a warning, when the
+next output is created there).
+
+``import tilesegment.write``, choosing a kind (:func:`output_kind`) and checking a path
+(:func:`check_output`) import neither zarr nor rasterio: the writer classes import them when
+an output is made or read (zarr for every block store, rasterio for a GeoTIFF). Names and
+keys on disk come from :mod:`tilesegment.write.layout`.
 """
 
 from __future__ import annotations
@@ -21,12 +27,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from tilesegment.errors import InputError, OutputError
-from tilesegment.write import atomic, guard, layout, registry
+from tilesegment.errors import OutputError
+from tilesegment.write import atomic, base, guard, layout, registry, stores
 from tilesegment.write.base import Output
 from tilesegment.write.meta import OutputMeta
+from tilesegment.write.verify import read_output_meta
 
 __all__ = ["Output", "OutputMeta", "check_output", "create_output", "output_kind",
            "read_output_meta", "register_writer"]
@@ -81,7 +87,7 @@ def create_output(
     overwrite: bool = False,
     cog: bool = False,
     inputs: Iterable[str | Path] = (),
-    fingerprint: str | None = None,  # the run plan's; the block store's key (P3)
+    fingerprint: str | None = None,
 ) -> Output:
     """Start an output at ``path`` (kind from the extension) for a mask described by ``meta``.
 
@@ -93,11 +99,23 @@ def create_output(
     the new one is verified. What a killed earlier run left half-published at ``path`` is
     first completed (:func:`~tilesegment.write.atomic.recover`). ``cog`` (GeoTIFF only)
     makes Cloud-Optimized GeoTIFFs with overviews. The parent directory is created if needed.
+
+    ``fingerprint`` (the run plan's, a hex sha256) names the block store (a random token
+    when None) and is recorded in the metadata. What killed runs left beside ``path`` (a
+    block store of another fingerprint, or of the same one: resume is not available yet, so
+    the run starts over) is removed first, each with a :class:`StaleOutputWarning`
+    (:func:`~tilesegment.write.stores.clear_stale`); OutputError when a live run of the
+    same fingerprint is writing there.
     """
     final = Path(path).expanduser().absolute()
+    if fingerprint is not None and not layout.is_fingerprint(fingerprint):
+        raise ValueError(f"fingerprint must be a hex digest, got {fingerprint!r}")
     kind = check_output(final, overwrite=overwrite, cog=cog, inputs=inputs,
                         layers=[layer for layer in meta.layers if layer != layout.MASK])
     output = registry.writer(kind).new(final, meta, overwrite=overwrite, cog=cog)
+    output.fingerprint = fingerprint.lower() if fingerprint else None
+    stores.clear_stale(final, output.fingerprint, output.final_paths[1:])
+    stores.check_free(final, output.store_key)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         output._create()
@@ -109,20 +127,5 @@ def create_output(
     except BaseException:
         output.abort()
         raise
+    base.track(output)
     return output
-
-
-def read_output_meta(path: str | Path) -> dict[str, Any]:
-    """The ``tilesegment`` metadata of an output (the JSON of ``meta_to_attrs``).
-
-    Adds ``path``; ``layers`` (``"mask"``, then ``"probabilities"``/``"disagreement"`` when
-    saved; derived for outputs older than that key) and ``layer_paths`` (layer → the path
-    ``open_raster`` opens it from: ``out.zarr/<layer>``, or the GeoTIFF and its
-    ``<stem>.<layer><suffix>`` siblings); for a GeoTIFF also ``overviews`` (decimation
-    factors) and ``tiff_block_shape``. InputError when ``path`` is not a tilesegment output.
-    The kind's writer class reads it (:meth:`Output.read_meta`).
-    """
-    path = Path(path)
-    if not atomic.exists(path):
-        raise InputError(f"{path} does not exist")
-    return registry.reader_for(path).read_meta(path)

@@ -38,6 +38,7 @@ from tilesegment.write.layout import (  # noqa: F401  (re-exported: callers and 
     JOURNAL_SUFFIX,
     OLD_MARK,
     PARTIAL_MARK,
+    block_store_key,
     final_of,
     journal_path,
     old_path,
@@ -203,14 +204,16 @@ def publish(src: Path, dst: Path, *, overwrite: bool) -> None:
 
 
 def publish_set(moves: Sequence[tuple[Path, Path]], *, overwrite: bool, token: str,
-                run_id: str) -> None:
+                run_id: str, scratch: Path | None = None) -> None:
     """Publish several finished files ``(src, dst)`` as one unit (the last is the mask,
     whose completion record names the others).
 
     Each old ``dst`` is hard-linked to a backup and a journal is written before the first
     rename. Any failure puts the old files back (and removes new ones where nothing was):
     the set at the final paths is the old one or the new one, never a mix. A process killed
-    in the middle leaves the journal for :func:`recover`.
+    in the middle leaves the journal for :func:`recover`, which also removes ``scratch``
+    (the block store the files were made from: it is keyed by the run's fingerprint, not by
+    ``token``).
     """
     if not moves:
         return
@@ -235,8 +238,11 @@ def publish_set(moves: Sequence[tuple[Path, Path]], *, overwrite: bool, token: s
                     shutil.copy2(dst, backup)  # no hard links here: a copy to roll back to
             entries.append({"src": str(src), "dst": str(dst),
                             "backup": str(backup) if backup else None})
-        _write_journal(journal, {"run_id": run_id, "token": token, "pid": os.getpid(),
-                                 "host": socket.gethostname(), "moves": entries})
+        record = {"run_id": run_id, "token": token, "pid": os.getpid(),
+                  "host": socket.gethostname(), "moves": entries}
+        if scratch is not None:
+            record["scratch"] = str(scratch)
+        _write_journal(journal, record)
         owned = True
         for entry in entries:
             src, dst = Path(str(entry["src"])), Path(str(entry["dst"]))
@@ -358,6 +364,11 @@ def recover(final: Path) -> list[str]:
             if record.get("token"):  # the dead run's scratch store and stray temporaries
                 with contextlib.suppress(OSError):
                     remove_partials(Path(entry["dst"]), str(record["token"]))
+        scratch = Path(str(record.get("scratch") or ""))
+        if (record.get("scratch") and scratch.parent == journal.parent
+                and block_store_key(final, scratch.name) is not None):
+            with contextlib.suppress(OSError):
+                remove(scratch)  # a store keyed by the fingerprint, not by the token
         journal.unlink()
     if not exists(final) and final.parent.is_dir():
         prefix = old_prefix(final)

@@ -4,12 +4,20 @@ An output goes ``open`` → ``finalized`` (visible under its final name) or ``op
 ``aborted`` (nothing left but what was there before). Block writes may come from many
 threads, or from unpickled copies in other processes; ``finalize`` and ``abort`` are called
 once, by whoever created the output.
+
+The block store of an output (:func:`~tilesegment.write.layout.block_store_path`) is named
+by :attr:`Output.store_key`: the run plan's fingerprint when the run has one, else the
+random token of this output. The outputs open in this process are tracked (weakly), so that
+:mod:`tilesegment.write.stores` never takes a live store of this process for a leftover.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import warnings
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +31,30 @@ from tilesegment.write import atomic, guard, layout
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta
 
 OPEN, FINALIZED, ABORTED = "open", "finalized", "aborted"
+
+_open_outputs: weakref.WeakSet[Output] = weakref.WeakSet()
+"""The outputs created in this process and not yet finalized or aborted."""
+
+
+def open_store_roots() -> set[Path]:
+    """The block stores of the outputs open in this process (never stale leftovers)."""
+    roots = set()
+    for output in list(_open_outputs):
+        store = getattr(output, "store", None)
+        if output._state == OPEN and store is not None:
+            roots.add(Path(store.root))
+    return roots
+
+
+def track(output: Output) -> None:
+    """Count ``output`` (just created) among the open outputs of this process."""
+    _open_outputs.add(output)
+
+
+def writer_record() -> dict[str, Any]:
+    """The writer record of a block store made by this process (see
+    :data:`~tilesegment.write.layout.WRITER_KEY`)."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
 def check_block(
@@ -172,7 +204,25 @@ class Output(ABC):
         self.token = atomic.new_token()
         self.run_id = secrets.token_hex(8)
         """Names this run in every layer it writes and in its completion record."""
+        self.fingerprint: str | None = None
+        """The run plan's fingerprint (hex sha256), set by ``create_output`` before
+        :meth:`_create`; it names the block store and is recorded in the metadata."""
         self._state = OPEN
+
+    @property
+    def store_key(self) -> str:
+        """What names this output's block store: the fingerprint's first hex digits, or
+        the random :attr:`token` of a run without a fingerprint."""
+        return layout.store_key(self.fingerprint) if self.fingerprint else self.token
+
+    def store_attrs(self) -> dict[str, Any]:
+        """Metadata a block store records besides ``meta_to_attrs``: the run id, the
+        fingerprint (when there is one) and the writer record of this process."""
+        attrs: dict[str, Any] = {"run_id": self.run_id}
+        if self.fingerprint:
+            attrs[layout.FINGERPRINT_KEY] = self.fingerprint
+        attrs[layout.WRITER_KEY] = writer_record()
+        return attrs
 
     # -- what subclasses provide -----------------------------------------------------------
 
@@ -243,12 +293,18 @@ class Output(ABC):
             raise OutputError(f"cannot finalize {self.path}: the run was aborted")
         self._finalize()
         self._state = FINALIZED
+        _open_outputs.discard(self)
         for final in self.final_paths:
             try:
                 atomic.remove_partials(final, self.token)
             except OSError as exc:  # the output is published: only cleanup is left
                 warnings.warn(f"could not remove a temporary file of {final}: {exc}",
                               RuntimeWarning, stacklevel=2)
+        try:
+            self._remove_store()
+        except OSError as exc:
+            warnings.warn(f"could not remove the block store of {self.path}: {exc}",
+                          RuntimeWarning, stacklevel=2)
         return self.path
 
     def abort(self) -> None:
@@ -256,6 +312,7 @@ class Output(ABC):
         if self._state == FINALIZED:
             return
         self._state = ABORTED
+        _open_outputs.discard(self)
         self._stop_writes()
         for final in self.final_paths:
             try:
@@ -264,6 +321,29 @@ class Output(ABC):
                 # abort runs while another error propagates: never replace that error
                 warnings.warn(f"could not remove the partial output of {final}: {exc}",
                               RuntimeWarning, stacklevel=2)
+        try:
+            self._remove_store()
+        except OSError as exc:
+            warnings.warn(f"could not remove the partial output of {self.path}: {exc}",
+                          RuntimeWarning, stacklevel=2)
+
+    def _remove_store(self) -> None:
+        """Remove this run's block store (named by :attr:`store_key`, which the token
+        sweep of :func:`~tilesegment.write.atomic.remove_partials` misses), if this run
+        created it."""
+        claimed = getattr(self, "_claimed", None)
+        if claimed is not None:
+            atomic.remove(claimed)
+
+    def block_store_root(self, *, scratch: bool = False) -> Path:
+        """Where this output's block store goes (:func:`~tilesegment.write.layout.
+        block_store_path` with :attr:`store_key`), claimed for removal by :meth:`abort`
+        and :meth:`finalize`: a writer's ``_create`` calls this just before it creates the
+        store (``create_output`` has made sure nothing else is there)."""
+        root = layout.block_store_path(self.path, self.store_key, scratch=scratch)
+        # a token-keyed store goes with the token's other temporaries (remove_partials)
+        self._claimed: Path | None = root if self.fingerprint else None
+        return root
 
     def __enter__(self) -> Output:
         return self

@@ -29,17 +29,19 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tilesegment.errors import IncompleteOutputError, InputError, OutputError
 from tilesegment.write import atomic, layout
 from tilesegment.write.base import Output
+from tilesegment.write.integrity import geotiff_problems, verify_tiff
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs, output_layers
-from tilesegment.write.transcode import Layer, json_tag, parse_crs, write_geotiff
-from tilesegment.write.verify import geotiff_problems, verify_tiff
 from tilesegment.write.zarr_output import BlockStore
+
+if TYPE_CHECKING:  # rasterio comes with transcode, imported when a GeoTIFF is made
+    from tilesegment.write.transcode import Layer
 
 TAG_ATTRS = layout.TIFF_ATTRS_TAG
 """Dataset tag holding the JSON of :func:`~tilesegment.write.meta.meta_to_attrs`."""
@@ -192,11 +194,13 @@ class GeoTiffOutput(Output):
         return (self.path, *(path for path in siblings if path is not None))
 
     def _create(self) -> None:
+        from tilesegment.write.transcode import parse_crs
+
         parse_crs(self.meta.georef.crs_wkt)  # a CRS GDAL rejects fails now, not at the end
         attrs = meta_to_attrs(self.meta, kind=self.kind)
         attrs["cog"] = self.cog
-        attrs["run_id"] = self.run_id
-        self.store = BlockStore.create(self.store.root, self.meta, attrs)
+        attrs.update(self.store_attrs())
+        self.store = BlockStore.create(self.block_store_root(scratch=True), self.meta, attrs)
 
     def _finalize(self) -> None:
         written = self.store.verified_blocks()
@@ -225,7 +229,7 @@ class GeoTiffOutput(Output):
                               tmp)
             mark_tiff_complete(tmp, self.run_id)
             atomic.publish_set(staged, overwrite=self.overwrite, token=self.token,
-                               run_id=self.run_id)
+                               run_id=self.run_id, scratch=self.store.root)
         except BaseException:
             # Keep the scratch store (finalize may be retried); drop the new TIFFs. The
             # set at the final paths is the old one (publish_set rolled it back).
@@ -235,6 +239,8 @@ class GeoTiffOutput(Output):
 
     def _write_layer(self, layer: Layer, tmp: Path) -> None:
         """Write ``layer`` to the hidden ``tmp``, then check every block of it is there."""
+        from tilesegment.write.transcode import write_geotiff
+
         write_geotiff(layer, tmp, shape=self.meta.shape, block_shape=self.meta.block_shape,
                       georef=self.meta.georef, cog=self.cog)
         verify_tiff(tmp)
@@ -244,6 +250,8 @@ class GeoTiffOutput(Output):
             raise OutputError(f"cannot write {tmp}: {exc.strerror or exc}") from None
 
     def _tags(self, attrs: dict[str, Any], layer: str) -> dict[str, str]:
+        from tilesegment.write.transcode import json_tag
+
         return {
             TAG_ATTRS: json_tag(attrs),
             layout.TIFF_LAYER_TAG: layer,
@@ -252,6 +260,8 @@ class GeoTiffOutput(Output):
         }
 
     def _mask_layer(self, attrs: dict[str, Any]) -> Layer:
+        from tilesegment.write.transcode import Layer
+
         mask = self.store.arrays().mask
         meta = self.meta
         colormap = {i: (*rgb, 255) for i, rgb in enumerate(meta.class_colors)}
@@ -268,6 +278,8 @@ class GeoTiffOutput(Output):
         )
 
     def _probabilities_layer(self, attrs: dict[str, Any]) -> Layer:
+        from tilesegment.write.transcode import Layer
+
         probs = self.store.arrays().probabilities
         assert probs is not None
         return Layer(
@@ -283,6 +295,8 @@ class GeoTiffOutput(Output):
         )
 
     def _disagreement_layer(self, attrs: dict[str, Any]) -> Layer:
+        from tilesegment.write.transcode import Layer
+
         disagreement = self.store.arrays().disagreement
         assert disagreement is not None
         nodata = DISAGREEMENT_NODATA

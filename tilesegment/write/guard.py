@@ -190,3 +190,9 @@ def _is_tiff_output(path: Path) -> bool:
             return tag is not None and layout.TIFF_ATTRS_TAG in str(tag.value)
     except Exception:
         return False
+
+
+amount = _amount
+"""``"<files> files, <size>"`` under a path (a file counts as one): for messages."""
+
+is_tiff_output = _is_tiff_output

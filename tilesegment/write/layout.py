@@ -18,7 +18,8 @@ completion record lists the siblings.
 
 Temporary names, all hidden siblings of the final path ``<dir>/<name>``:
 ``.<name>.partial-<token><suffix>`` (what a run writes before publishing), the block
-store (:func:`block_store_path`), ``.<name>.old-<token>`` (an old output being replaced),
+store (:func:`block_store_path`: keyed by the run plan's fingerprint, so a later run of the
+same settings can find it), ``.<name>.old-<token>`` (an old output being replaced),
 ``.<name>.publishing.json`` (the journal of a GeoTIFF set's publication) and
 ``.<name>.lock`` (the lock a run holds on its output).
 """
@@ -52,6 +53,14 @@ COMPLETION_KEY = "completion"
 ZARR_ATTRS_KEY = "tilesegment"
 """Group attribute of a Zarr output holding its metadata (``meta_to_attrs``)."""
 
+FINGERPRINT_KEY = "fingerprint"
+"""Key of the run plan's fingerprint (hex sha256) in an output's (and its block store's)
+metadata, when the run was given one."""
+
+WRITER_KEY = "writer"
+"""Key of a block store's writer record (``{"pid", "host"}`` of the process that created
+it) in its metadata while unfinished; dropped when the store is marked complete."""
+
 ZARR_JSON = "zarr.json"
 """Metadata document of a Zarr v3 group or array."""
 
@@ -77,6 +86,9 @@ JOURNAL_SUFFIX = ".publishing.json"
 LOCK_SUFFIX = ".lock"
 SCRATCH_SUFFIX = ".scratch.zarr"
 """Suffix of the block store of a GeoTIFF output (made into the TIFFs at the end)."""
+STORE_KEY_LENGTH = 16
+"""Hex digits of the fingerprint that name a block store (the full one is inside it)."""
+_HEX = frozenset("0123456789abcdef")
 
 
 def zarr_layer_path(root: Path, layer: str) -> Path:
@@ -112,14 +124,42 @@ def final_of(path: Path) -> Path:
     return path
 
 
-def block_store_path(final: Path, key: str, *, scratch: bool = False) -> Path:
-    """Where the blocks of the output ``final`` are written while the run is unfinished.
+def is_fingerprint(value: object) -> bool:
+    """Whether ``value`` can be a run plan's fingerprint: a hex string of at least
+    :data:`STORE_KEY_LENGTH` digits."""
+    return (isinstance(value, str) and len(value) >= STORE_KEY_LENGTH
+            and set(value.lower()) <= _HEX)
 
-    ``key`` names the run's store (today a random token; the place to key it by the run
-    plan's fingerprint). ``scratch``: the store is not the output itself but is made into
-    it at the end (a GeoTIFF), hence a distinct suffix.
+
+def store_key(fingerprint: str) -> str:
+    """The name key of the block store of a run whose plan has ``fingerprint``: its first
+    :data:`STORE_KEY_LENGTH` hex digits (lower case)."""
+    return fingerprint.lower()[:STORE_KEY_LENGTH]
+
+
+def block_store_path(final: Path, key: str, *, scratch: bool = False) -> Path:
+    """Where the blocks of the output ``final`` are written while the run is unfinished:
+    ``.<name>.partial-<key>`` (``<key>.scratch.zarr`` with ``scratch``).
+
+    ``key`` is the run plan's fingerprint (only its first :data:`STORE_KEY_LENGTH` hex
+    digits name the store; the full one is recorded inside under
+    :data:`FINGERPRINT_KEY`) or, for a run without one, a random token. ``scratch``: the
+    store is not the output itself but is made into it at the end (a GeoTIFF), hence a
+    distinct suffix.
     """
-    return partial_path(final, key, SCRATCH_SUFFIX if scratch else "")
+    return partial_path(final, key[:STORE_KEY_LENGTH], SCRATCH_SUFFIX if scratch else "")
+
+
+def block_store_key(final: Path, name: str) -> str | None:
+    """The key of ``name`` when it is the name of a block store of ``final``
+    (``.<name>.partial-<hex>`` or ``.<name>.partial-<hex>.scratch.zarr``), else None."""
+    prefix = f".{final.name}{PARTIAL_MARK}"
+    if not name.startswith(prefix):
+        return None
+    key = name[len(prefix):].removesuffix(SCRATCH_SUFFIX)
+    if not key or len(key) > STORE_KEY_LENGTH or not set(key) <= _HEX:
+        return None
+    return key
 
 
 def staged_tiff_path(final: Path, token: str) -> Path:

@@ -109,6 +109,12 @@ def output_lock(output: str | Path | None) -> Iterator[None]:
         release(output)
 
 
+def holds(output: str | Path) -> bool:
+    """True when this process holds the lock of ``output`` (no other run writes it)."""
+    with _registry:
+        return lock_path(output) in _held
+
+
 def is_locked(output: str | Path) -> bool:
     """True when some process holds the lock of ``output`` (a diagnostic for tests)."""
     path = lock_path(output)

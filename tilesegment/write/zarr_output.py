@@ -26,16 +26,18 @@ import datetime as dt
 import os
 import threading
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import zarr
-from zarr.codecs import ZstdCodec
 
 from tilesegment.errors import InputError, OutputError
-from tilesegment.write import atomic, guard, layout, verify
+from tilesegment.write import atomic, guard, integrity, layout
 from tilesegment.write.base import Output
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs, output_layers
+
+if TYPE_CHECKING:
+    import zarr
+    from zarr.codecs import ZstdCodec
 
 ATTRS_KEY = layout.ZARR_ATTRS_KEY
 MASK, PROBABILITIES, DISAGREEMENT = layout.MASK, layout.PROBABILITIES, layout.DISAGREEMENT
@@ -45,6 +47,8 @@ CLOSE_TIMEOUT = 60.0
 
 
 def _compressor() -> ZstdCodec:
+    from zarr.codecs import ZstdCodec
+
     return ZstdCodec(level=3, checksum=True)
 
 
@@ -60,6 +64,8 @@ class BlockStore:
     """A Zarr v3 group at ``root`` that blocks are written into, one chunk per block.
 
     Picklable: array handles are opened lazily in each process and never pickled.
+    zarr is imported by the methods that touch the store, not with this module: choosing
+    or checking an output kind imports no I/O library.
     """
 
     def __init__(self, root: Path, meta: OutputMeta) -> None:
@@ -78,6 +84,8 @@ class BlockStore:
     @classmethod
     def create(cls, root: Path, meta: OutputMeta, attrs: dict[str, Any]) -> BlockStore:
         """Create the group, its arrays and attributes at ``root`` (which must not exist)."""
+        import zarr
+
         group = zarr.open_group(str(root), mode="w-", attributes={ATTRS_KEY: attrs})
         h, w = meta.block_shape
         group.create_array(
@@ -117,6 +125,8 @@ class BlockStore:
     def arrays(self) -> StoreArrays:
         """``(mask, probabilities, disagreement)`` (None for a layer not saved), opened once
         per process and cached."""
+        import zarr
+
         with self._lock:
             if self._arrays is None:
                 group = zarr.open_group(str(self.root), mode="r+")
@@ -189,9 +199,9 @@ class BlockStore:
     def verified_blocks(self) -> set[tuple[int, int]]:
         """The ``(i, j)`` blocks written, after checking each has its chunk in every layer
         (the mask chunk goes last); OutputError naming what is missing otherwise."""
-        written = verify.zarr_written_blocks(self.root)
+        written = integrity.zarr_written_blocks(self.root)
         others = [name for name in self.meta.layers if name != MASK]
-        problems = verify.zarr_chunk_problems(self.root, others, self.meta.block_grid,
+        problems = integrity.zarr_chunk_problems(self.root, others, self.meta.block_grid,
                                               written)
         if problems:
             raise OutputError(f"the block store {self.root} is damaged: {'; '.join(problems)}")
@@ -202,28 +212,36 @@ class BlockStore:
         """The ``completion`` record of a finished, verified output (``complete`` first,
         then ``run_id``: a GeoTIFF flips that flag in place)."""
         if written is None:
-            written = verify.zarr_written_blocks(self.root)
+            written = integrity.zarr_written_blocks(self.root)
         grid = self.meta.block_grid
         return {
             "complete": True,
             "run_id": run_id,
             "blocks_total": grid[0] * grid[1],
             "blocks_written": len(written),
-            "blocks_missing": verify.missing_blocks(grid, written),
+            "blocks_missing": integrity.missing_blocks(grid, written),
             "finalized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
 
     def attrs(self) -> dict[str, Any]:
-        """The ``tilesegment`` attribute of the group as created."""
-        return dict(zarr.open_group(str(self.root), mode="r").attrs[ATTRS_KEY])
+        """The ``tilesegment`` attribute of the group as created, less the store's writer
+        record (the store's, not the output's)."""
+        import zarr
+
+        attrs = dict(zarr.open_group(str(self.root), mode="r").attrs[ATTRS_KEY])
+        attrs.pop(layout.WRITER_KEY, None)
+        return attrs
 
     def mark_complete(self, run_id: str | None = None) -> dict[str, Any]:
         """Verify the store and record its completion in the group attributes (the last
         write); return the full attributes."""
+        import zarr
+
         written = self.verified_blocks()
         try:
             group = zarr.open_group(str(self.root), mode="r+")
             attrs = dict(group.attrs[ATTRS_KEY])
+            attrs.pop(layout.WRITER_KEY, None)  # the store's record, not the output's
             attrs[layout.COMPLETION_KEY] = self.completion(run_id, written)
             group.attrs[ATTRS_KEY] = attrs
             atomic.fsync_path(self.root / layout.ZARR_JSON)
@@ -261,7 +279,7 @@ class ZarrOutput(Output):
     @classmethod
     def problems(cls, path: Path, meta: dict[str, Any],
                  completion: dict[str, Any]) -> list[str]:
-        return verify.zarr_problems(path, meta, completion)
+        return integrity.zarr_problems(path, meta, completion)
 
     @classmethod
     def holds(cls, path: Path) -> bool:
@@ -271,6 +289,8 @@ class ZarrOutput(Output):
     @classmethod
     def read_meta(cls, path: Path) -> dict[str, Any]:
         """The group's metadata; ``path`` may be one layer array of an output."""
+        import zarr
+
         if path.name in layout.LAYERS and guard.is_zarr_output(path.parent):
             return cls.read_meta(path.parent)  # a layer array of a Zarr output
         try:
@@ -291,8 +311,8 @@ class ZarrOutput(Output):
 
     def _create(self) -> None:
         attrs = meta_to_attrs(self.meta, kind=self.kind)
-        attrs["run_id"] = self.run_id
-        self.store = BlockStore.create(self.store.root, self.meta, attrs)
+        attrs.update(self.store_attrs())
+        self.store = BlockStore.create(self.block_store_root(), self.meta, attrs)
 
     def _finalize(self) -> None:
         self.store.mark_complete(self.run_id)
