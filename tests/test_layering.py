@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tilesegment"
 
 RULES = {
     "click": ("cli/",),
-    "torch": ("models/", "infer.py", "workers.py"),
+    "torch": ("models/", "infer.py", "workers.py", "train/"),
     "torchvision": ("models/",),
     "rasterio": ("read/", "write/"),
     "tifffile": ("read/", "write/"),
@@ -60,6 +60,8 @@ def test_import_and_help_stay_light():
     code = ("import sys, tilesegment, tilesegment.cli.main as m; "
             "from click.testing import CliRunner; "
             "r = CliRunner().invoke(m.cli, ['run', '--help']); assert r.exit_code == 0; "
+            "r = CliRunner().invoke(m.cli, ['train', '--help']); assert r.exit_code == 0; "
+            "import tilesegment.train; "
             "r = CliRunner().invoke(m.cli, ['models']); assert r.exit_code == 0, r.output; "
             "print(sorted(x for x in ('torch', 'rasterio', 'zarr', 'dask', 'tifffile') "
             "if x in sys.modules))")

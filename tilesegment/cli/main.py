@@ -17,6 +17,7 @@ from tilesegment.cli.info import info
 from tilesegment.cli.models import models
 from tilesegment.cli.plan import plan
 from tilesegment.cli.run import run
+from tilesegment.cli.train import train
 
 
 class TilesegmentGroup(click.Group):
@@ -67,6 +68,7 @@ cli.add_command(plan)
 cli.add_command(info)
 cli.add_command(evaluate)
 cli.add_command(models)
+cli.add_command(train)
 
 
 STOPPED_CODES = frozenset(128 + sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
