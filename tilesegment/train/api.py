@@ -37,6 +37,10 @@ class TrainSummary:
     best_score: float | None
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    validation: list[tuple[str, tuple[int, int, int, int], np.ndarray]] = field(
+        default_factory=list)
+    """Per validation window: ``(image, (r0, r1, c0, c1), uint8 (h, w) mask)`` of the best
+    weights, from the trainer's own validation inference (nodata 255)."""
 
 
 def _as_list(value: Any) -> list:
@@ -267,17 +271,15 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
         sampler.record = record_tiles
         val_pairs = [i for i, p in enumerate(pairs) if p.val is not None]
 
+        def masks_of(module: torch.nn.Module) -> list[np.ndarray]:
+            return [predict_window(module, pairs[i].image, val_spec, *norms[i], pairs[i].val,
+                                   classes, dev, batch_size) for i in val_pairs]
+
         def validate(module: torch.nn.Module) -> dict[str, Any] | None:
             if not val_pairs:
                 return None
-            masks, truths_ = [], []
-            for i in val_pairs:
-                p = pairs[i]
-                mean, std = norms[i]
-                masks.append(predict_window(module, p.image, val_spec, mean, std, p.val,
-                                            classes, dev, batch_size))
-                truths_.append(np.asarray(p.truth.read(p.val))[0])
-            return score(masks, truths_, rules_of[val_pairs[0]], names)
+            truths_ = [np.asarray(pairs[i].truth.read(pairs[i].val))[0] for i in val_pairs]
+            return score(masks_of(module), truths_, rules_of[val_pairs[0]], names)
 
         fit = run(Fit(module=module, sampler=sampler, device=dev, output=output,
                       epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -290,6 +292,8 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
             torch.use_deterministic_algorithms(deterministic)
 
     module.load_state_dict(fit.best["model"])
+    validation = [(pairs[i].name, pairs[i].val, m) for i, m in
+                  zip(val_pairs, masks_of(module.eval()), strict=True)]
     first = pairs[0].image.georef
     resolution = unit = None
     if first.pixel_size:
@@ -322,7 +326,7 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
     summary = TrainSummary(output=output, card_path=card_path(output), card=card,
                            epochs=len(history), steps=fit.step, best_epoch=fit.best["epoch"],
                            best_score=fit.best.get("score"), history=history,
-                           seconds=fit.seconds)
+                           seconds=fit.seconds, validation=validation)
     if record_tiles:
         summary.tiles = list(sampler.drawn)  # type: ignore[attr-defined]
     return summary

@@ -103,12 +103,21 @@ def label_rules(num_classes: int, ignore_index: int | None, instances: bool,
 
 def check_pair(image: Any, truth: Any) -> None:
     """The truth must be one band on the image's grid (one-line error otherwise)."""
-    from tilesegment.evaluation.align import check_same_grid
+    from tilesegment.evaluation.align import GridMismatchError, check_same_grid
 
     if truth.bands != 1:
         raise InputError(f"truth {truth.source} has {truth.bands} bands; expected 1 band of "
                          "class ids")
-    check_same_grid(image, truth)
+    if image.shape[1:] != truth.shape[1:]:
+        raise GridMismatchError(
+            f"image {image.source} is {image.height}×{image.width} px but truth "
+            f"{truth.source} is {truth.height}×{truth.width} px: a truth must lie on its "
+            "image's grid")
+    try:
+        check_same_grid(image, truth)
+    except GridMismatchError as exc:
+        raise GridMismatchError(f"image {image.source} and truth {truth.source}: "
+                                + str(exc).replace("prediction", "image")) from None
 
 
 def split_regions(height: int, width: int, val_fraction: float) -> tuple[Window, Window | None]:

@@ -1,0 +1,104 @@
+"""``tilesegment train`` on real files: the run reproduces the trainer's validation mask;
+user errors are one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.train.conftest import discs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tilesegment.cli.main", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def files(tmp_path) -> tuple[Path, Path]:
+    image, labels = discs(96, 160, seed=2)
+    tifffile.imwrite(tmp_path / "image.tif", image[0])
+    tifffile.imwrite(tmp_path / "truth.tif", labels)
+    return tmp_path / "image.tif", tmp_path / "truth.tif"
+
+
+@pytest.mark.slow
+def test_run_with_the_checkpoint_gives_the_validation_mask(tmp_path, files):
+    """CLI train → CLI run: the mask ``run`` writes on the validation strip equals, pixel for
+    pixel, the one the trainer's own validation scored (and the card's IoU is the
+    evaluate IoU of that strip)."""
+    from tilesegment.train import train
+
+    image, truth = files
+    out = tmp_path / "m.safetensors"
+    done = _cli("train", str(image), "--truth", str(truth), "--model", "unet-tiny",
+                "-o", str(out), "--tile", "48", "--batch-size", "4", "--epochs", "2",
+                "--steps-per-epoch", "8", "--lr", "3e-3", "--device", "cpu",
+                "--class-names", "background,disc", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "best epoch" in done.stdout
+    import json
+
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["class_names"] == ["background", "disc"]
+    assert card["normalization"]["mode"] == "raster"
+    assert card["training"]["command"].startswith("tilesegment train")
+    (pair,) = card["training"]["data"]["pairs"]
+    import hashlib
+
+    assert pair["image_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert pair["train_window"] == [0, 96, 0, 128] and pair["val_window"] == [0, 96, 128, 160]
+    mask_path = tmp_path / "mask.tif"
+    ran = _cli("run", str(image), "-o", str(mask_path), "--model", str(out), "--device", "cpu",
+               cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    mask = tifffile.imread(mask_path)
+    # the trainer's own validation inference, run again in this process with the same
+    # settings (CPU and seed: the same weights), gives its mask
+    again = train(str(image), str(truth), model="unet-tiny", output=tmp_path / "n.safetensors",
+                  tile=48, batch_size=4, epochs=2, steps_per_epoch=8, lr=3e-3, device="cpu",
+                  class_names=("background", "disc"))
+    (name, (r0, r1, c0, c1), val_mask), = again.validation
+    assert (r0, r1, c0, c1) == (0, 96, 128, 160)
+    assert np.array_equal(mask[r0:r1, c0:c1], val_mask)
+    labels = tifffile.imread(truth)[r0:r1, c0:c1]
+    iou = ((val_mask == 1) & (labels == 1)).sum() / ((val_mask == 1) | (labels == 1)).sum()
+    assert card["training"]["validation"]["best"] == pytest.approx(iou, abs=1e-12)
+
+
+@pytest.mark.parametrize("case", ["count", "grid", "model", "exists"])
+def test_user_errors_are_one_line(tmp_path, files, case):
+    from click.testing import CliRunner
+
+    from tilesegment.cli.main import cli
+
+    image, truth = files
+    out = tmp_path / "m.safetensors"
+    args = [str(image), "--truth", str(truth), "--model", "unet-tiny", "-o", str(out)]
+    if case == "count":
+        args = [str(image), str(image), *args[1:]]
+        expect = "2 images but 1 truths"
+    elif case == "grid":
+        tifffile.imwrite(tmp_path / "small.tif", np.zeros((90, 160), np.uint8))
+        args[2] = str(tmp_path / "small.tif")
+        expect = "is 96×160 px but truth"
+    elif case == "model":
+        args[4] = "unet-tiyn"
+        expect = "did you mean 'unet-tiny'"
+    else:
+        out.write_bytes(b"x")
+        expect = "exists"
+    result = CliRunner().invoke(cli, ["train", *args])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and expect in lines[0], lines
+    assert result.exception is None or isinstance(result.exception, SystemExit)
