@@ -60,7 +60,7 @@ def test_training_tiles_never_touch_the_validation_strip(tmp_path):
     summary = train(image, labels, output=tmp_path / "m.safetensors", epochs=1,
                     steps_per_epoch=6, val_fraction=0.3, augment="flip,rot90,scale,intensity",
                     foreground_bias=0.7, record_tiles=True, **FAST)
-    train_w, val_w = split_regions(96, 200, 0.3)
+    _, val_w = split_regions(96, 200, 0.3)
     assert val_w == (0, 96, 140, 200)
     drawn = summary.tiles
     assert len(drawn) == 6 * 4
@@ -69,8 +69,8 @@ def test_training_tiles_never_touch_the_validation_strip(tmp_path):
     for t in drawn:
         r0, r1, c0, c1 = t.window
         # the whole input window (tile incl. halo, or the scaled source window)
-        assert 0 <= c0 and c1 <= val_w[2], t
-        assert 0 <= r0 and r1 <= 96, t
+        assert c0 >= 0 and c1 <= val_w[2], t
+        assert r0 >= 0 and r1 <= 96, t
     # the foreground bias centres tiles on discs more often than uniform draws would
     centres = [labels[(t.window[0] + t.window[1]) // 2, (t.window[2] + t.window[3]) // 2]
                for t in drawn]

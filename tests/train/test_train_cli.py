@@ -67,7 +67,7 @@ def test_run_with_the_checkpoint_gives_the_validation_mask(tmp_path, files):
     again = train(str(image), str(truth), model="unet-tiny", output=tmp_path / "n.safetensors",
                   tile=48, batch_size=4, epochs=2, steps_per_epoch=8, lr=3e-3, device="cpu",
                   class_names=("background", "disc"))
-    (name, (r0, r1, c0, c1), val_mask), = again.validation
+    (_, (r0, r1, c0, c1), val_mask), = again.validation
     assert (r0, r1, c0, c1) == (0, 96, 128, 160)
     assert np.array_equal(mask[r0:r1, c0:c1], val_mask)
     labels = tifffile.imread(truth)[r0:r1, c0:c1]
