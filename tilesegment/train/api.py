@@ -279,7 +279,7 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
             if not val_pairs:
                 return None
             truths_ = [np.asarray(pairs[i].truth.read(pairs[i].val))[0] for i in val_pairs]
-            return score(masks_of(module), truths_, rules_of[val_pairs[0]], names)
+            return score(masks_of(module), truths_, [rules_of[i] for i in val_pairs], names)
 
         fit = run(Fit(module=module, sampler=sampler, device=dev, output=output,
                       epochs=epochs, steps_per_epoch=steps_per_epoch,

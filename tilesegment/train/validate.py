@@ -12,6 +12,7 @@ pixel, what ``tilesegment run IMAGE --model OUT.safetensors`` writes there.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -56,16 +57,16 @@ def predict_window(module: torch.nn.Module, raster: Any, spec: TileSpec, mean, s
     return out
 
 
-def score(masks: list[np.ndarray], truths: list[np.ndarray], rules: LabelRules,
-          class_names: tuple[str, ...]) -> dict[str, Any]:
+def score(masks: list[np.ndarray], truths: list[np.ndarray],
+          rules: LabelRules | list[LabelRules], class_names: tuple[str, ...]) -> dict[str, Any]:
     """FCN measures, per-class IoU and the score the best checkpoint is chosen by
     (``selection``: foreground IoU for 2 classes, mean IoU otherwise) of ``masks`` against
-    raw ``truths`` counted as ``evaluate`` counts them."""
-    rules = LabelRules(num_classes=rules.num_classes, ignore_index=rules.ignore_index,
-                       truth_nodata=rules.truth_nodata, pred_nodata=PRED_NODATA,
-                       instances=rules.instances, mapping=rules.mapping)
-    cm = merge([count_block(m, t, rules) for m, t in zip(masks, truths, strict=True)])
-    k = rules.num_classes
+    raw ``truths`` counted as ``evaluate`` counts them (``rules``: one for all, or one per
+    truth, each with that truth's nodata)."""
+    each = rules if isinstance(rules, list) else [rules] * len(truths)
+    each = [dataclasses.replace(r, pred_nodata=PRED_NODATA) for r in each]
+    cm = merge([count_block(m, t, r) for m, t, r in zip(masks, truths, each, strict=True)])
+    k = each[0].num_classes
     cm = cm[:k, :k]
     measures = fcn_measures(cm)
     iou = class_scores(cm).iou
