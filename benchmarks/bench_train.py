@@ -7,9 +7,10 @@
 Trains on a synthetic 1-band 1024×1024 raster of bright discs on noise (or ``--image`` /
 ``--truth``, e.g. the nuclei image with ``--instances``) with ``val_fraction=0`` so that
 the timed seconds are the training loop only: tiles drawn and augmented through the
-splitter (flip, rot90), the forward and backward pass, AdamW. One warm-up epoch of 2 steps is run first and not
-counted. Reported for each torch thread count asked (``--threads``, default 1 and all
-cores): seconds per step and tiles/s, with the machine's CPU, cores and GPU.
+splitter (flip, rot90), the forward and backward pass, AdamW. One warm-up epoch of 2 steps
+is run first and not counted. Reported for each torch thread count asked (``--threads``,
+default 1 and all cores): seconds per step and tiles/s, with the machine's CPU, cores and
+GPU.
 """
 
 from __future__ import annotations
