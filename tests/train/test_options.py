@@ -63,11 +63,13 @@ def test_auto_class_weights_are_inverse_sqrt_frequency():
 def test_init_fine_tunes_from_the_checkpoint(tmp_path, disc_data):
     image, labels = disc_data
     first = tmp_path / "a.safetensors"
-    train(image, labels, output=first, epochs=1, steps_per_epoch=2, **FAST)
+    train(image, labels, output=first, epochs=1, steps_per_epoch=2,
+          class_names="bg,disc", **FAST)
     again = tmp_path / "b.safetensors"
     summary = train(image, labels, output=again, epochs=1, steps_per_epoch=1, init=first,
                     **{**FAST, "model": None, "lr": 1e-12}, weight_decay=0.0)
     assert summary.card.training["start"] == f"init {first}"
+    assert summary.card.class_names == ("bg", "disc")  # the checkpoint's, not the spec's
     a, b = load_file(str(first)), load_file(str(again))
     for key in a:  # one step of a vanishing learning rate: the checkpoint's weights
         if a[key].dtype.kind == "f":

@@ -191,10 +191,14 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
                          "takes one")
     (in_channels,) = bands
     spec = get_spec(model, in_channels, classes)
-    names = tuple(class_names) if class_names else tuple(spec.class_names)
+    inherited = init_card if init_card is not None and init_card.num_classes == classes else None
+    names = (tuple(class_names) if class_names else
+             inherited.class_names if inherited is not None and inherited.class_names else
+             tuple(spec.class_names))
     if len(names) != classes:
         raise SettingError(f"{len(names)} class names for {classes} classes")
-    colors = tuple(spec.class_colors) if len(spec.class_colors) == classes else ()
+    colors = (inherited.class_colors if inherited is not None and inherited.class_colors else
+              tuple(spec.class_colors) if len(spec.class_colors) == classes else ())
 
     # data: pairs, their regions, label rules
     pairs: list[d.Pair] = []
@@ -319,6 +323,7 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
     }
     card = ModelCard(
         architecture=model, in_channels=in_channels, num_classes=classes,
+        options=dict(init_card.options) if init_card is not None else {},
         class_names=names, class_colors=colors, normalization=card_norm,
         tile=card_tile, halo=val_spec.halo, resolution=resolution, resolution_unit=unit,
         training=training)
