@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.train.conftest import discs
+from tests.train.train_helpers import discs
 from tilesegment.evaluation.confusion import LabelRules, count_block
 from tilesegment.read import open_raster
 from tilesegment.train import train

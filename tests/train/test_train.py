@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.train.conftest import discs
+from tests.train.train_helpers import discs
 from tilesegment.train import train
 from tilesegment.train.data import split_regions
 from tilesegment.train.state import state_path

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tests.train.conftest import discs
+from tests.train.train_helpers import discs
 
 REPO = Path(__file__).resolve().parents[2]
 
