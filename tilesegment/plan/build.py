@@ -65,7 +65,7 @@ def build_plan(
     source: Any,
     output: str | Path | None = None,
     *,
-    model: Any = "unet-tiny",
+    model: Any = "nuclei",
     weights: str | Path | None = None,
     backbone_weights: str | Path | None = None,
     classes: int | None = None,
@@ -161,8 +161,9 @@ def build_plan(
     block = (block_size, block_size) if block_size else default_block(tspec)
     block = (min(block[0], max(shape[0], 1)), min(block[1], max(shape[1], 1)))
     k = mspec.num_classes
-    random_weights = (mkind == "registered" and weights is None
-                      and get_entry(mspec.name).trainable)
+    entry = get_entry(mspec.name) if mkind == "registered" else None
+    random_weights = (entry is not None and weights is None and entry.trainable
+                      and not entry.pretrained)
     if random_weights:
         warnings.warn(random_weights_message(mspec.name, backbone_only=bool(backbone_weights)),
                       RandomWeightsWarning, stacklevel=3)
