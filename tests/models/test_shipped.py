@@ -108,6 +108,24 @@ def test_default_model_is_the_shipped_checkpoint():
     assert 0.05 < default.mean() < 0.6  # nuclei found, not all one class
 
 
+def test_plan_names_the_shipped_weights_and_warns_of_nothing_random():
+    """The run plan of a default run carries the packaged file's sha256 (hashlib here), so
+    provenance and the fingerprint name the shipped weights; a random ``unet-tiny`` has
+    none and is flagged random."""
+    from tilesegment.plan.build import build_plan
+
+    image = np.zeros((64, 64), np.float32)
+    shipped = build_plan(image, None)
+    digest = hashlib.sha256((PACKAGED / "nuclei.safetensors").read_bytes()).hexdigest()
+    assert shipped.model.name == "nuclei" and shipped.model.weights_sha256 == digest
+    assert not shipped.model.random_weights
+    assert shipped.normalization.mode == "raster"
+    with pytest.warns(Warning, match="RANDOM"):
+        other = build_plan(image, None, model="unet-tiny")
+    assert other.model.random_weights and other.model.weights_sha256 is None
+    assert other.model.content_key != shipped.model.content_key
+
+
 def test_nuclei_on_a_three_band_raster_is_one_line(tmp_path):
     """Three bands in: exit ≠ 0, one line naming the band counts, no traceback."""
     rgb = tmp_path / "rgb.tif"

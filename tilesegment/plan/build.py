@@ -56,6 +56,7 @@ from tilesegment.workers import (
     content_key,
     file_digest,
     random_weights_message,
+    shipped_sha256,
 )
 
 RETURNS = ("mask", "probabilities", "logits", "disagreement")
@@ -214,6 +215,8 @@ def _model_plan(model, mspec, kind, msource, card, module, resolved, weights,
     weights_sha = file_digest(weights) if weights else None
     if card is not None:
         weights_sha = card.sha256
+    if kind == "registered" and not weights:
+        weights_sha = shipped_sha256(mspec.name)
     reference = model if isinstance(model, str) else f"<module {type(model).__name__}>"
     return ModelPlan(
         reference=reference, kind=kind, name=mspec.name, classes=mspec.num_classes,
