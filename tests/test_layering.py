@@ -23,7 +23,7 @@ RULES = {
 TORCH_FREE = ("models/registry.py", "models/spec.py", "models/unet_geometry.py",
               "models/__init__.py", "models/catalog.py", "models/plugins.py",
               "models/identity.py", "models/unet_spec.py", "models/deeplab_spec.py",
-              "models/fcn_spec.py", "models/tv.py")
+              "models/fcn_spec.py", "models/tv.py", "models/pretrained/__init__.py")
 
 
 def _imports(path: Path, top_level_only: bool = False) -> set[str]:

@@ -163,7 +163,8 @@ def test_tiny_tiff_in_a_real_process(tmp_path: Path, marker_model) -> None:
 
 def test_block_size_1_is_refused_before_the_model(tmp_path: Path, scene: Path) -> None:
     before = workers.builds
-    line = failed(invoke("run", scene, "-o", tmp_path / "mask.tif", "--block-size", "1"))
+    line = failed(invoke("run", scene, "-o", tmp_path / "mask.tif", "--block-size", "1",
+                         "--model", "unet-tiny"))
     assert "block size 1" in line and "core" in line
     assert workers.builds == before
     nothing_written(tmp_path, "scene.tif")
@@ -184,7 +185,8 @@ def test_more_than_a_million_blocks_is_refused_naming_the_count() -> None:
 def test_tile_16384_is_refused_before_the_model(tmp_path: Path, scene: Path,
                                                 memory_cap) -> None:
     before = workers.builds
-    line = failed(invoke("run", scene, "-o", tmp_path / "mask.tif", "--tile", "16384"))
+    line = failed(invoke("run", scene, "-o", tmp_path / "mask.tif", "--tile", "16384",
+                         "--model", "unet-tiny"))
     assert "tile 16384" in line and "GiB of memory" in line and "limit" in line
     assert "model working memory" in line and "--tile" in line
     assert workers.builds == before
@@ -217,7 +219,8 @@ def test_classes_that_fit_the_mask_but_not_memory(tmp_path: Path, scene: Path,
                                                   memory_cap) -> None:
     """60000 classes fit a uint16 mask, but their logits do not fit memory."""
     before = workers.builds
-    line = failed(invoke("run", scene, "-o", tmp_path / "mask.tif", "--classes", "60000"))
+    line = failed(invoke("run", scene, "-o", tmp_path / "mask.tif", "--classes", "60000",
+                         "--model", "unet-tiny"))
     assert "60000 classes" in line and "block logits" in line and "--classes" in line
     assert workers.builds == before
 
@@ -282,7 +285,7 @@ def test_invalid_settings_fail_before_the_model(settings: dict, error: type) -> 
     image = np.zeros((3, 40, 40), np.float32)
     before = workers.builds
     with pytest.raises(error):
-        segment(image, **settings)
+        segment(image, model="unet-tiny", **settings)
     assert workers.builds == before
 
 

@@ -12,9 +12,12 @@ import torch
 from tilesegment import segment
 from tilesegment.errors import ModelError
 from tilesegment.models import create_model, get_spec, list_models
+from tilesegment.models.registry import get_entry
 from tilesegment.models.weights import load_weights
 
-TRAINABLE = [n for n in list_models() if n != "identity"]
+TRAINABLE = [n for n in list_models() if get_entry(n).trainable]
+"""Every architecture that builds for any bands and classes (not ``identity``, nor the
+shipped trained models, whose bands and classes are fixed: tests/models/test_shipped.py)."""
 
 
 @pytest.mark.parametrize("name", TRAINABLE)

@@ -35,6 +35,7 @@ MEMORY_ENV = "TILESEGMENT_MEMORY_LIMIT"
 WORKING_BYTES_PER_PIXEL: dict[str, float] = {
     "identity": 0.0,
     "unet-tiny": 240.0,
+    "nuclei": 240.0,  # unet-tiny with trained weights
     "unet-small": 530.0,
     "unet": 2140.0,
     "unet-valid-tiny": 255.0,

@@ -76,7 +76,7 @@ def segment(
     source: Any,
     output: str | Path | None = None,
     *,
-    model: Any = "unet-tiny",
+    model: Any = "nuclei",
     weights: str | Path | None = None,
     backbone_weights: str | Path | None = None,
     classes: int | None = None,

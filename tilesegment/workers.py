@@ -137,10 +137,26 @@ def content_key(recipe: ModelRecipe) -> str:
     else:
         parts["name"] = recipe.name
         parts["seed"] = recipe.seed if recipe.weights is None else None
+        shipped = shipped_sha256(recipe.name)
+        if shipped is not None:  # a shipped trained model: its packaged tensors decide
+            parts["shipped_sha256"] = shipped
     parts["weights_sha256"] = _digest_or_path(recipe.weights)
     parts["options"] = {"backbone_weights_sha256": _digest_or_path(recipe.backbone_weights)}
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def shipped_sha256(name: str | None) -> str | None:
+    """The sha256 of registered model ``name``'s packaged checkpoint if it is a shipped
+    trained model (from its card), else ``None``."""
+    from tilesegment.models.registry import registered
+
+    entry = registered().get(name or "")
+    if entry is None or not entry.pretrained:
+        return None
+    from tilesegment.models.pretrained import card_data
+
+    return card_data(name)["sha256"]
 
 
 _DIGESTS: dict[tuple, str] = {}

@@ -20,10 +20,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "tilesegment"
 BUILTIN_NAMES = [
     "deeplab-largefov", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet101",
     "deeplabv3_resnet50", "fcn16s", "fcn32s", "fcn8s", "fcn_resnet101", "fcn_resnet50",
-    "identity", "lraspp_mobilenet_v3_large", "unet", "unet-small", "unet-tiny", "unet-valid",
-    "unet-valid-tiny",
+    "identity", "lraspp_mobilenet_v3_large", "nuclei", "unet", "unet-small", "unet-tiny",
+    "unet-valid", "unet-valid-tiny",
 ]
-"""Every built-in name before the registry was reshaped (none may be lost)."""
+"""Every built-in name before the registry was reshaped (none may be lost), and the shipped
+trained model ``nuclei`` (``models/pretrained``)."""
 
 
 def _run(code: str) -> str:
@@ -98,7 +99,7 @@ def test_the_registry_runs_alone():
 
 
 @pytest.mark.parametrize("module", ["registry", "catalog", "plugins", "identity", "unet_spec",
-                                    "deeplab_spec", "fcn_spec", "tv", "spec"])
+                                    "deeplab_spec", "fcn_spec", "tv", "spec", "pretrained"])
 def test_any_models_module_imported_first_finds_every_model(module):
     """In a fresh process, whichever module is imported first, the registry holds every
     built-in model and torch is not imported."""

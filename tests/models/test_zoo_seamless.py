@@ -22,6 +22,7 @@ import torch
 from tilesegment import segment
 from tilesegment.errors import GeometryError
 from tilesegment.models import create_model, get_spec, list_models
+from tilesegment.models.registry import get_entry
 
 C, K = 2, 3
 INTERIOR_TOL = 1e-4
@@ -33,8 +34,8 @@ HEAVY = {"fcn_resnet101"}  # a 2048-px tile of ResNet-101: minutes on two CPU co
 SMALL = {"fcn_resnet50"}
 
 def _bounded() -> list[str]:
-    return [n for n in list_models()
-            if not get_spec(n, C, K if n != "identity" else None).global_context]
+    return [n for n in list_models() if not get_entry(n).pretrained  # fixed bands: unet-tiny's
+            and not get_spec(n, C, K if n != "identity" else None).global_context]
 
 
 def _network(name: str) -> torch.nn.Module:

@@ -51,7 +51,7 @@ OPTIONS = (
     click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
                  expose_value=False, callback=load_recipe,
                  help="TOML recipe (see pipelines/) with these settings; flags override it."),
-    click.option("-m", "--model", default="unet-tiny", show_default=True,
+    click.option("-m", "--model", default="nuclei", show_default=True,
                  help="Registered model name (see `tilesegment models`), a checkpoint "
                  "(NAME.safetensors with its NAME.json card), a TorchScript file, or "
                  "package.module:function returning a torch.nn.Module."),

@@ -3,7 +3,8 @@
 Built-in models register themselves beside their code when their modules are imported
 here (:mod:`~tilesegment.models.identity`, :mod:`~tilesegment.models.unet_spec`,
 :mod:`~tilesegment.models.deeplab_spec`, :mod:`~tilesegment.models.fcn_spec`,
-:mod:`~tilesegment.models.tv`; all torch-free at import). Plugin packages (entry points
+:mod:`~tilesegment.models.tv`, and the shipped trained models of
+:mod:`~tilesegment.models.pretrained`; all torch-free at import). Plugin packages (entry points
 ``tilesegment.models``, :mod:`~tilesegment.models.plugins`) load through the hook installed
 here into the registry, on the first listing or on a lookup of an unknown name.
 
@@ -14,13 +15,21 @@ modules and plugin loader; the registry imports none of them.
 
 from __future__ import annotations
 
-from tilesegment.models import deeplab_spec, fcn_spec, identity, registry, tv, unet_spec
+from tilesegment.models import (
+    deeplab_spec,
+    fcn_spec,
+    identity,
+    pretrained,
+    registry,
+    tv,
+    unet_spec,
+)
 from tilesegment.models.deeplab_spec import DEEPLAB_RADIUS
 from tilesegment.models.fcn_spec import FCN_RADIUS
 from tilesegment.models.plugins import load_plugins
 from tilesegment.models.spec import IMAGENET, imagenet_or_raster
 
-BUILTIN_MODULES = (identity, unet_spec, deeplab_spec, fcn_spec, tv)
+BUILTIN_MODULES = (identity, unet_spec, deeplab_spec, fcn_spec, tv, pretrained)
 """The modules whose import registered the built-in models."""
 
 __all__ = ["BUILTIN_MODULES", "DEEPLAB_RADIUS", "FCN_RADIUS", "IMAGENET", "imagenet_or_raster",

@@ -35,7 +35,9 @@ class ModelEntry:
     ``build(in_channels, num_classes, **options)`` (imports torch lazily) functions.
 
     ``options`` are builder-specific keywords, e.g. ``backbone_weights`` for the VGG-based
-    models; ``create_model`` passes them through.
+    models; ``create_model`` passes them through. ``pretrained``: the builder loads trained
+    weights of its own (a shipped model), so a run without ``weights`` is not random.
+    ``channels``: the input bands the model takes, when fixed (listings describe it so).
     """
 
     name: str
@@ -45,6 +47,8 @@ class ModelEntry:
     default_classes: int = 2
     trainable: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    channels: int | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -167,7 +171,8 @@ def describe_models(pattern: str = "*", in_channels: int = 3) -> list[dict[str, 
     rows = []
     for name in list_models(pattern):
         entry = get_entry(name)
-        spec = entry.spec(in_channels, entry.default_classes or in_channels)
+        bands = entry.channels or in_channels
+        spec = entry.spec(bands, entry.default_classes or bands)
         tile = spec.default_tile
         halo = spec.default_halo(tile)
         rows.append({

@@ -56,6 +56,7 @@ from tilesegment.workers import (
     content_key,
     file_digest,
     random_weights_message,
+    shipped_sha256,
 )
 
 RETURNS = ("mask", "probabilities", "logits", "disagreement")
@@ -65,7 +66,7 @@ def build_plan(
     source: Any,
     output: str | Path | None = None,
     *,
-    model: Any = "unet-tiny",
+    model: Any = "nuclei",
     weights: str | Path | None = None,
     backbone_weights: str | Path | None = None,
     classes: int | None = None,
@@ -161,8 +162,9 @@ def build_plan(
     block = (block_size, block_size) if block_size else default_block(tspec)
     block = (min(block[0], max(shape[0], 1)), min(block[1], max(shape[1], 1)))
     k = mspec.num_classes
-    random_weights = (mkind == "registered" and weights is None
-                      and get_entry(mspec.name).trainable)
+    entry = get_entry(mspec.name) if mkind == "registered" else None
+    random_weights = (entry is not None and weights is None and entry.trainable
+                      and not entry.pretrained)
     if random_weights:
         warnings.warn(random_weights_message(mspec.name, backbone_only=bool(backbone_weights)),
                       RandomWeightsWarning, stacklevel=3)
@@ -213,6 +215,8 @@ def _model_plan(model, mspec, kind, msource, card, module, resolved, weights,
     weights_sha = file_digest(weights) if weights else None
     if card is not None:
         weights_sha = card.sha256
+    if kind == "registered" and not weights:
+        weights_sha = shipped_sha256(mspec.name)
     reference = model if isinstance(model, str) else f"<module {type(model).__name__}>"
     return ModelPlan(
         reference=reference, kind=kind, name=mspec.name, classes=mspec.num_classes,
