@@ -24,7 +24,9 @@ def _pyplot():
 def _save(plt, fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    # tight_layout cannot move axes whose images fix their aspect: the bounding box of
+    # everything drawn keeps the titles inside the picture.
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path
 
