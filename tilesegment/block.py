@@ -35,7 +35,7 @@ from tilesegment.workers import ModelRecipe, get_predictor
 Window = tuple[int, int, int, int]
 
 __all__ = ["BlockJob", "BlockResult", "agreeing_probabilities", "blank_faults", "block_array",
-           "merge_block", "segment_block", "softmax", "to_mask", "write_block"]
+           "merge_block", "merge_window", "segment_block", "softmax", "to_mask", "write_block"]
 
 
 @dataclass(frozen=True)
@@ -126,12 +126,19 @@ def segment_block(job: BlockJob, window: Window) -> BlockResult:
 
 
 def merge_block(job: BlockJob, window: Window) -> BlockResult:
-    """Split → infer → merge: every tile whose used output touches ``window``, run one
-    batch at a time and merged into the block."""
-    splitter = job.splitter()
+    """Split → infer → merge with the job's pooled model (see :func:`merge_window`)."""
+    return merge_window(job.splitter(), get_predictor(job.recipe), window,
+                        job.recipe.num_classes)
+
+
+def merge_window(splitter: Splitter, predictor: Any, window: Window,
+                 num_classes: int) -> BlockResult:
+    """Split → infer → merge: every tile whose used output touches ``window``, run through
+    ``predictor`` (``(N, C, T, T) → (N, K, o, o)``, with a ``batch_size``) one batch at a
+    time and merged into the block; model faults blanked (:func:`blank_faults`)."""
+    spec = splitter.spec
     stack = splitter.read(window, splitter.tiles_for(window))
-    predictor = get_predictor(job.recipe)
-    merger = merger_for(job.spec.blend)(job.spec, window, job.recipe.num_classes)
+    merger = merger_for(spec.blend)(spec, window, num_classes)
     for tiles, batch in stack.batches(predictor.batch_size):
         merger.add(tiles, predictor(batch))
     result = BlockResult(merger.result(), stack.valid, len(stack), merger.disagreement(),

@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tilesegment.block import BlockResult, blank_faults, to_mask
+from tilesegment.block import merge_window, to_mask
 from tilesegment.evaluation.confusion import LabelRules, count_block, merge
 from tilesegment.evaluation.metrics import class_scores, fcn_measures
 from tilesegment.grid import TileSpec, iter_blocks
-from tilesegment.merge import merger_for
 from tilesegment.split import Splitter
 from tilesegment.train.data import Window
 
@@ -46,11 +45,7 @@ def predict_window(module: torch.nn.Module, raster: Any, spec: TileSpec, mean, s
     try:
         for a0, a1, b0, b1 in iter_blocks((r1 - r0, c1 - c0), (block, block)):
             part = (r0 + a0, r0 + a1, c0 + b0, c0 + b1)
-            stack = splitter.read(part, splitter.tiles_for(part))
-            merger = merger_for(spec.blend)(spec, part, num_classes)
-            for tiles, batch in stack.batches(predictor.batch_size):
-                merger.add(tiles, predictor(batch))
-            result = blank_faults(BlockResult(merger.result(), stack.valid, len(stack)))
+            result = merge_window(splitter, predictor, part, num_classes)
             out[a0:a1, b0:b1] = to_mask(result, np.dtype(np.uint8), PRED_NODATA)
     finally:
         torch.set_num_threads(threads)  # the predictor sets one thread per call on the CPU
