@@ -436,8 +436,12 @@ def figure(paths: dict[str, Path], mask: Path, folder: Path) -> list[Path]:
                       frameon=False)
         fig.tight_layout()
         path = folder / f"landcover-{name}.png"
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
+        from PIL import Image  # a 256-colour palette keeps the figures small in the repo
+
+        with Image.open(path) as im:
+            im.convert("RGB").quantize(256).save(path, optimize=True)
         out.append(path)
     return out
 

@@ -61,7 +61,9 @@ def test_checkpoint_loads_offline_with_its_card(monkeypatch):
     assert card.class_names == ("developed", "agriculture", "herbaceous", "shrubland",
                                 "forest", "water", "sediment")
     assert (card.resolution, card.resolution_unit) == (28.5, "m")
-    assert card.normalization.mode == "raster"
+    # Fixed statistics of the training half (checked against the scene in the slow test).
+    assert card.normalization.mode == "fixed" and len(card.normalization.mean) == 5
+    assert all(s > 0 for s in card.normalization.std)
     assert len(card.training["bands"]) == 5 and "band 4" in card.training["bands"][3]
     assert CHECKPOINT.stat().st_size <= 5 * 1024 * 1024
     # The module holds exactly the file's tensors (read independently with safetensors).
@@ -108,10 +110,13 @@ def test_recipe_is_parsed_and_planned(tmp_path):
     assert (held[:, :20] == NODATA).all() and np.array_equal(held[:, 20:], truth[0, :, 20:])
     plan = build_plan(str(data / "landsat7_multiband.tif"), str(tmp_path / "lc.tif"),
                       model=str(CHECKPOINT), cog=True)
-    assert (plan.geometry.tile, plan.geometry.halo) == (recipe.RUN_TILE, recipe.RUN_HALO)
+    card = _card()
+    assert (card["tile"], card["halo"]) in recipe.GEOMETRIES  # chosen on validation
+    assert (plan.geometry.tile, plan.geometry.halo) == (card["tile"], card["halo"])
     assert plan.model.classes == 7 and plan.model.channels == 5
     assert plan.model.class_names == recipe.CLASS_NAMES
-    assert plan.normalization.mode == "raster" and plan.output.cog
+    assert plan.normalization.mode == "fixed" and plan.output.cog
+    assert plan.normalization.mean == pytest.approx(card["normalization"]["mean"])
 
 
 def _random_forest_accuracy(image: np.ndarray, truth: np.ndarray) -> float:
@@ -161,7 +166,12 @@ def test_run_and_evaluate_reproduce_the_card_and_beat_a_random_forest(shared_dat
     counted[:, :half] = False
     reference = float(np.mean(pred[counted] == truth[counted] - 1))
     assert measures["pixel_accuracy"] == pytest.approx(reference, abs=1e-12)
-    stated = _card()["training"]["evaluation"]["pixel_accuracy"]
+    card = _card()
+    valid = (image != NODATA).all(axis=0)
+    left = image[:, :, :half][:, valid[:, :half]].astype(np.float64)
+    assert card["normalization"]["mean"] == pytest.approx(left.mean(axis=1), rel=1e-9)
+    assert card["normalization"]["std"] == pytest.approx(left.std(axis=1), rel=1e-9)
+    stated = card["training"]["evaluation"]["pixel_accuracy"]
     assert f"{measures['pixel_accuracy']:.3f}" == f"{stated:.3f}"
     forest = _random_forest_accuracy(image, truth)
     assert 0.5 < forest < measures["pixel_accuracy"], (forest, measures)
