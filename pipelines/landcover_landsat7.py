@@ -241,7 +241,7 @@ def train_cli(paths: dict[str, Path], out: Path, steps: int, seed: int, batch: i
     cmd = ["tilesegment", "train", str(paths["train_image"]), "--truth",
            str(paths["train_truth"]), "--model", ARCH, "--init", str(init), "-o", str(out),
            "--classes", "7", "--class-names", ",".join(CLASS_NAMES), "--mapping", MAPPING,
-           "--ignore-index", str(IGNORE), "--tile", str(TRAIN_TILE), "--halo", str(RUN_HALO),
+           "--ignore-index", str(IGNORE), "--tile", str(TRAIN_TILE),
            "--batch-size", str(batch), "--steps-per-epoch", str(eval_every), "--epochs",
            str(steps // eval_every), "--lr", str(lr), "--weight-decay", "1e-4",
            "--val-fraction", str(VAL_FRACTION), "--augment", "flip,rot90",
@@ -480,6 +480,11 @@ def main(argv: list[str] | None = None) -> None:
                    args.class_weights)
         if args.trainer == "cli":
             train_cli(paths, checkpoint, *options)
+            from tilesegment.models.checkpoint import build_from_checkpoint
+
+            module, card = build_from_checkpoint(checkpoint)  # the card's normalisation
+            save_card(module, checkpoint, dict(card.training),
+                      card_normalization(paths, args.normalization))
         else:
             model, record = train_loop(paths, *options)
             record["command"] = " ".join(["python", "pipelines/landcover_landsat7.py",
