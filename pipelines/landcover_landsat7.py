@@ -23,20 +23,24 @@ ignored). The split, in columns of the scene (489 wide):
 
 Steps: (1) write the left half as ``train_image.tif``/``train_truth.tif`` and the truth of
 the right half as ``eval_truth.tif`` (left half = nodata); (2) train DeepLab-LargeFOV,
-narrowed (width 16, fc6/fc7 of 128: 1.09 M parameters, 4.3 MB) from random weights on
+narrowed (width 16, fc6/fc7 of 128: 1.09 M parameters, 4.4 MB) from random weights on
 96-px tiles with 90° rotations and flips, cross-entropy weighted by 1/√(class frequency)
-in the training columns, the image normalised by its own statistics (the
-"raster" mode inference uses); (3) ``tilesegment run`` the WHOLE scene to a georeferenced
-COG with the checkpoint's card defaults (tile 1024, halo 224: the model's seamless halo);
-(4) ``tilesegment evaluate --allow-crs-alias`` against ``eval_truth.tif``; (5) a random
-forest (scikit-learn, 50 trees, 20 000 pixels of the left half, seed 0) on the same split;
-(6) a table of both, the scores into the card, a figure (``--figure``).
+in the training columns, the image normalised by the training image's statistics, which
+the card stores as ``fixed`` normalisation (``--normalization raster`` leaves each input's
+own); (3) choose the run's tile and halo among :data:`GEOMETRIES` by pixel accuracy on the
+validation columns (a ``tilesegment.segment`` run of ``train_image.tif``) and write them
+into the card; (4) ``tilesegment run`` the WHOLE scene to a georeferenced COG with the
+card's defaults; (5) ``tilesegment evaluate --allow-crs-alias`` against
+``eval_truth.tif``; (6) a random forest (scikit-learn, 50 trees, 20 000 pixels of the left
+half, seed 0) on the same split; (7) a table of both, the scores into the card, figures
+(``--figure``), and with ``--ship`` the checkpoint copied into the package.
 
 ``--trainer loop`` (default) is the loop below, which made the shipped checkpoint;
 ``--trainer cli`` runs the same recipe through ``tilesegment train`` (its options map 1:1:
 ``--init`` a randomly initialised narrow DeepLab to carry the width options,
 ``--val-fraction 0.2`` is the validation strip above, ``--augment flip,rot90``,
-``--class-weights`` the same 1/√frequency weights, ``--normalization raster``,
+``--class-weights`` the same 1/√frequency weights as a list, ``--normalization raster``
+(the card's ``fixed`` statistics are written afterwards, as for the loop),
 ``--ignore-index 255``).
 """
 
@@ -538,7 +542,9 @@ def main(argv: list[str] | None = None) -> None:
         target = REPO / "tilesegment" / "models" / "pretrained"
         target.mkdir(parents=True, exist_ok=True)
         for suffix in (".safetensors", ".json"):
-            shutil.copyfile(checkpoint.with_suffix(suffix), target / f"{NAME}{suffix}")
+            source, dest = checkpoint.with_suffix(suffix), target / f"{NAME}{suffix}"
+            if not (dest.exists() and source.resolve() == dest.resolve()):
+                shutil.copyfile(source, dest)
         print(f"shipped {target / NAME}.safetensors and .json")
 
 
