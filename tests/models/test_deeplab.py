@@ -192,3 +192,26 @@ def test_bad_weights_are_refused():
     del state["features.28.weight"]
     with pytest.raises(ModelError, match=r"features\.28\.weight"):
         vgg16_to_deeplab(state)
+
+
+def test_narrow_variant_through_the_registry_and_a_checkpoint_card(tmp_path):
+    """``width``/``fc_channels`` reach the builder as registry options and a card's
+    ``options``; the narrow net keeps the geometry (output stride 8, any input size)."""
+    from tilesegment.models import create_model
+    from tilesegment.models.checkpoint import ModelCard, build_from_checkpoint, save_checkpoint
+
+    net = create_model("deeplab-largefov", 5, 7, width=8, fc_channels=32)
+    assert net.backbone.conv1_1.weight.shape == (8, 5, 3, 3)
+    assert net.backbone.conv5_3.weight.shape == (64, 64, 3, 3)  # 512 · 8 / 64
+    assert net.head.fc6.weight.shape == (32, 64, 3, 3)
+    assert net.score_map(torch.zeros(1, 5, 40, 24)).shape == (1, 7, 5, 3)
+    card = ModelCard(architecture="deeplab-largefov", in_channels=5, num_classes=7,
+                     options={"width": 8, "fc_channels": 32})
+    save_checkpoint(net, tmp_path / "narrow.safetensors", card)
+    built, read = build_from_checkpoint(tmp_path / "narrow.safetensors")
+    assert read.options == {"width": 8, "fc_channels": 32}
+    for (k, a), (k2, b) in zip(net.state_dict().items(), built.state_dict().items(),
+                               strict=True):
+        assert k == k2 and torch.equal(a, b)
+    with pytest.raises(ModelError, match="width 64"):
+        build_deeplab(3, 2, _torchvision_vgg16_state(classifier=False), width=8)

@@ -131,11 +131,17 @@ class DeepLabV1(nn.Module):
 
 def build_deeplab(in_channels: int, num_classes: int,
                   backbone_weights: str | Path | Mapping[str, torch.Tensor] | None = None,
-                  ) -> DeepLabV1:
-    """A :class:`DeepLabV1`; with ``backbone_weights`` (a local torchvision VGG16 state
-    dict file or mapping) its conv layers and fc6/fc7 are initialised from VGG16."""
-    model = DeepLabV1(in_channels, num_classes)
+                  width: int = 64, fc_channels: int = FC_CHANNELS) -> DeepLabV1:
+    """A :class:`DeepLabV1` (``width``, ``fc_channels``: see the class); with
+    ``backbone_weights`` (a local torchvision VGG16 state dict file or mapping) its conv
+    layers and fc6/fc7 are initialised from VGG16, which needs the full width."""
+    if width < 1 or fc_channels < 1:
+        raise ModelError(f"width {width} and fc_channels {fc_channels} must be positive")
+    model = DeepLabV1(in_channels, num_classes, width=width, fc_channels=fc_channels)
     if backbone_weights is not None:
+        if width != 64 or fc_channels != FC_CHANNELS:
+            raise ModelError("VGG16 backbone weights need width 64 and fc_channels "
+                             f"{FC_CHANNELS}")
         load_vgg16_weights(model, backbone_weights)
     return model
 

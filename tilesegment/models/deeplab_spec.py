@@ -27,8 +27,11 @@ def deeplab_spec(c: int, k: int) -> ModelSpec:
 @register_model("deeplab-largefov", "DeepLab v1 LargeFOV (Chen et al. 2015): VGG16, "
                 "atrous convolution, output stride 8; pair with --crf", spec=deeplab_spec,
                 default_classes=21)
-def build_deeplab_largefov(c: int, k: int, backbone_weights: str | None = None) -> nn.Module:
-    """:func:`tilesegment.models.deeplab.build_deeplab` (imports torch)."""
+def build_deeplab_largefov(c: int, k: int, backbone_weights: str | None = None,
+                           width: int = 64, fc_channels: int = 1024) -> nn.Module:
+    """:func:`tilesegment.models.deeplab.build_deeplab` (imports torch). ``width`` and
+    ``fc_channels`` narrow the network (the paper's 64 and 1024 by default) with the same
+    geometry; a checkpoint card records them in its ``options``."""
     from tilesegment.models.deeplab import build_deeplab
 
-    return build_deeplab(c, k, backbone_weights)
+    return build_deeplab(c, k, backbone_weights, width=width, fc_channels=fc_channels)
