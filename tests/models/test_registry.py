@@ -20,11 +20,12 @@ PACKAGE = Path(__file__).resolve().parents[2] / "tilesegment"
 BUILTIN_NAMES = [
     "deeplab-largefov", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet101",
     "deeplabv3_resnet50", "fcn16s", "fcn32s", "fcn8s", "fcn_resnet101", "fcn_resnet50",
-    "identity", "lraspp_mobilenet_v3_large", "nuclei", "unet", "unet-small", "unet-tiny",
+    "identity", "landcover-landsat7", "lraspp_mobilenet_v3_large", "nuclei", "unet",
+    "unet-small", "unet-tiny",
     "unet-valid", "unet-valid-tiny",
 ]
 """Every built-in name before the registry was reshaped (none may be lost), and the shipped
-trained model ``nuclei`` (``models/pretrained``)."""
+trained models ``nuclei`` and ``landcover-landsat7`` (``models/pretrained``)."""
 
 
 def _run(code: str) -> str:

@@ -86,11 +86,12 @@ def resolve_model(value: str | nn.Module, in_channels: int, num_classes: int | N
     if not isinstance(value, str) or not value:
         raise ModelError(f"model must be a name, a path, package.module:function or a "
                          f"torch.nn.Module, not {value!r}")
-    from tilesegment.models.registry import get_spec, list_models
+    from tilesegment.models.registry import get_entry, get_spec, list_models
 
     kind = "registered" if value in list_models() else _kind(value)
     if kind == "registered":
-        return ResolvedModel("registered", get_spec(value, in_channels, num_classes))
+        return ResolvedModel("registered", get_spec(value, in_channels, num_classes),
+                             halo=get_entry(value).halo)
     if kind == "checkpoint":
         if weights:
             raise ModelError(f"{value}: a checkpoint carries its weights; drop --weights")

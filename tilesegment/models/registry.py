@@ -38,6 +38,8 @@ class ModelEntry:
     models; ``create_model`` passes them through. ``pretrained``: the builder loads trained
     weights of its own (a shipped model), so a run without ``weights`` is not random.
     ``channels``: the input bands the model takes, when fixed (listings describe it so).
+    ``halo``: the run's default halo at the spec's default tile when the model states one
+    (a shipped model's card), instead of the seamless default.
     """
 
     name: str
@@ -49,6 +51,7 @@ class ModelEntry:
     kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
     channels: int | None = None
+    halo: int | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -174,7 +177,7 @@ def describe_models(pattern: str = "*", in_channels: int = 3) -> list[dict[str, 
         bands = entry.channels or in_channels
         spec = entry.spec(bands, entry.default_classes or bands)
         tile = spec.default_tile
-        halo = spec.default_halo(tile)
+        halo = entry.halo if entry.halo is not None else spec.default_halo(tile)
         rows.append({
             "name": name, "summary": entry.summary, "tile_rule": spec.tile_rule.describe(),
             "output_stride": spec.tile_rule.output_stride, "default_tile": tile,

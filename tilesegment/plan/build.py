@@ -315,7 +315,7 @@ def _preview_spec(model: Any, bands: int, classes: int | None):
 
     try:
         if model in list_models():
-            return get_spec(model, bands, classes), None, None
+            return get_spec(model, bands, classes), get_entry(model).halo, None
         path = Path(model)
         if path.suffix in (".safetensors", ".json") and path.is_file():
             from tilesegment.models.checkpoint import card_spec, has_card, read_card
@@ -429,7 +429,8 @@ def _tile_spec(mspec: ModelSpec, tile: int | None, halo: int | None, pad_mode: s
     elif check_seams and (problem := mspec.halo_problem(tile, halo)):
         raise GeometryError(problem)
     elif bounded and halo < mspec.context_needed:
-        warnings.warn(f"halo {halo} is below the model's receptive radius "
+        whose = " (the model card's choice)" if reason.startswith("checkpoint card") else ""
+        warnings.warn(f"halo {halo}{whose} is below the model's receptive radius "
                       f"{mspec.context_needed}: tiles may show seams "
                       f"({_seamless_advice(mspec, tile)})", SeamWarning, stacklevel=4)
     # Gaussian blending is exact only where each tile has full context: blend just that part

@@ -1,4 +1,5 @@
-"""Models shipped inside the package, trained weights included: ``nuclei``.
+"""Models shipped inside the package, trained weights included: ``nuclei``,
+``landcover-landsat7``.
 
 Each is a checkpoint (``NAME.safetensors`` + its ``NAME.json`` card,
 :mod:`tilesegment.models.checkpoint`) in this folder, installed as package data, registered
@@ -9,6 +10,12 @@ downloaded. No torch at import.
 ``nuclei``: unet-tiny, 1 band (fluorescence), classes background / nucleus, trained on the
 left half of the 2018 Data Science Bowl image that ``examples/nuclei/`` ships (CC0) by
 ``pipelines/train_nuclei.py``; its card states the held-out score (right half).
+
+``landcover-landsat7``: a narrow DeepLab-LargeFOV, Landsat-7 ETM+ bands 1-5, 28.5 m, 7
+land-cover classes, trained on the left part of the GRASS North Carolina scene by
+``pipelines/landcover_landsat7.py``; its card states the scores on the right half and its
+run geometry (tile 32, halo 8: below the receptive radius, chosen on validation, so runs
+warn of seams).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from tilesegment.models.spec import ModelSpec, Normalization
 if TYPE_CHECKING:
     from torch import nn
 
-SHIPPED = ("nuclei",)
+SHIPPED = ("nuclei", "landcover-landsat7")
 """The shipped models: each has ``NAME.safetensors`` and ``NAME.json`` in this folder."""
 
 
@@ -87,11 +94,21 @@ def shipped_entry(name: str, summary: str) -> ModelEntry:
         return build_from_checkpoint(checkpoint_path(name), c, k)[0]
 
     return ModelEntry(name, summary, spec, build, default_classes=classes, trainable=False,
-                      pretrained=True, channels=bands)
+                      pretrained=True, channels=bands, halo=card.get("halo"))
 
 
 def _summary(name: str) -> str:
     card = card_data(name)
+    if name == "landcover-landsat7":
+        evaluation = (card.get("training") or {}).get("evaluation") or {}
+        acc = evaluation.get("pixel_accuracy")
+        forest = (evaluation.get("random_forest") or {}).get("pixel_accuracy")
+        stated = (f"held-out pixel accuracy {acc:.3f} (a per-pixel random forest: "
+                  f"{forest:.3f})" if acc is not None and forest is not None
+                  else "scores not stated")
+        return (f"shipped, trained: land cover (7 classes) from Landsat-7 ETM+ bands 1-5 at "
+                f"28.5 m, narrow {card['architecture']} trained on the GRASS North Carolina "
+                f"scene; {stated}")
     score = held_out_score(card)
     stated = f"{score:.3f}" if score is not None else "not stated"
     return (f"shipped, trained: fluorescence nuclei (1 band; background/nucleus), "
@@ -99,4 +116,5 @@ def _summary(name: str) -> str:
             f"held-out foreground IoU {stated}")
 
 
-register_model(shipped_entry("nuclei", _summary("nuclei")))
+for _name in SHIPPED:
+    register_model(shipped_entry(_name, _summary(_name)))
