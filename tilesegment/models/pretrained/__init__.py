@@ -72,7 +72,9 @@ def shipped_entry(name: str, summary: str) -> ModelEntry:
 
     def spec(c: int, k: int) -> ModelSpec:
         if c != bands:
-            what = (card.get("training") or {}).get("input", "as trained")
+            training = card.get("training") or {}
+            named = ", ".join(b.split(",")[0] for b in training.get("bands", []))
+            what = training.get("input") or named or "as trained"
             raise ModelError(f"model {name!r} takes {bands} band{'s' if bands != 1 else ''} "
                              f"({what}); the input has {c}")
         if k != classes:
