@@ -2,10 +2,12 @@
 
     python pipelines/slide_nuclei.py ../shared/data/slide/cmu_small_region.svs out/ [--mpp 0.25]
 
+(docs/img/slide-nuclei.png: add ``--figure docs/img/slide-nuclei.png --region 1250 950 320``.)
+
 The ``nuclei`` model takes one band with bright nuclei on a dark background. An H&E slide is
 RGB with dark-purple nuclei on white, so the recipe feeds it the haematoxylin optical density
 (colour deconvolution, Ruifrok & Johnston, Anal. Quant. Cytol. Histol. 23:291-299, 2001):
-OD = -log10((I + 1) / 256) per channel, projected on the first row of the inverse of the
+OD = -log10((I + 1) / 256) per channel, projected on the first column of the inverse of the
 published H&E-DAB stain matrix (the rows below, each normalised to unit length). Haematoxylin
 stains nuclei, so the band is high on nuclei and near 0 on glass and eosin-only stroma.
 
@@ -184,7 +186,7 @@ def figure(slide: str | Path, outdir: str | Path, png: str | Path, mpp: float | 
 
     base = open_raster(slide)
     native = min(base.georef.pixel_size) if base.georef.pixel_size else 1.0
-    r, c, side = region or (base.height // 2 - 300, base.width // 2 - 300, 600)
+    r, c, side = region or (base.height // 2 - 160, base.width // 2 - 160, 320)
     r, c = max(0, r), max(0, c)
     side = min(side, base.height - r, base.width - c)
     rgb = base.read((r, r + side, c, c + side))
@@ -231,7 +233,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=BLOCK, help="block side in pixels")
     parser.add_argument("--figure", help="also draw the region figure to this PNG")
     parser.add_argument("--region", type=int, nargs=3, metavar=("ROW", "COL", "SIDE"),
-                        help="figure region at level 0 (default: 600 px at the centre)")
+                        help="figure region at level 0 (default: 320 px at the centre)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     mpp = args.mpp if args.mpp and args.mpp > 0 else None
