@@ -34,6 +34,7 @@ with ``--figure PNG``, a figure of a region: the RGB, the H band and the mask ov
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 from pathlib import Path
@@ -210,12 +211,18 @@ def figure(slide: str | Path, outdir: str | Path, png: str | Path, mpp: float | 
     axes[2].set_title("nuclei model mask (green; no ground truth)")
     for ax in axes:
         ax.set_axis_off()
-    fig.suptitle(f"CMU-1-Small-Region: rows {r}-{r + side}, cols {c}-{c + side} of level 0")
+    fig.suptitle(f"{Path(slide).name}: rows {r}-{r + side}, cols {c}-{c + side} of level 0",
+                 y=1.02)
     fig.tight_layout()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=90, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=80, bbox_inches="tight")
     plt.close(fig)
+    from PIL import Image  # matplotlib's own dependency
+
+    # a 256-colour palette keeps the PNG small enough for the docs
+    Image.open(buffer).convert("RGB").quantize(256).save(png, optimize=True)
     return png
 
 
