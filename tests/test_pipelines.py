@@ -20,6 +20,8 @@ import tifffile
 from rasterio.transform import Affine
 from scipy import ndimage
 
+from tilesegment.models import list_models
+from tilesegment.models.checkpoint import has_card, read_card
 from tilesegment.models.registry import get_entry
 from tilesegment.plan import load_recipe
 from tilesegment.plan.recipe import read_recipe
@@ -39,9 +41,20 @@ def _slide_module():
 
 
 def _bands(recipe: Path) -> int:
-    """The band count the recipe's model takes (fixed by the model, else RGB)."""
-    name = read_recipe(recipe).get("model", "nuclei")
-    return get_entry(name).channels or 3 if isinstance(name, str) else 3
+    """The band count the recipe's model takes: its checkpoint card's, the registered
+    model's fixed count, else 3 (RGB)."""
+    settings = read_recipe(recipe)
+    weights = settings.get("weights")
+    if weights:
+        path = Path(weights) if Path(weights).is_absolute() else REPO / weights
+        if has_card(path):
+            return read_card(path).in_channels
+    name = settings.get("model", "nuclei")
+    if isinstance(name, str) and name in list_models():
+        return get_entry(name).channels or 3
+    if isinstance(name, str) and has_card(REPO / name):
+        return read_card(REPO / name).in_channels
+    return 3
 
 
 def _input(tmp_path: Path, bands: int) -> Path:
@@ -191,7 +204,8 @@ def test_slide_pipeline_runs_on_a_crop_of_the_cmu_slide(shared_data, tmp_path):
         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["mpp"] == 0.25 and summary["shape"] == [512, 512]
+    side = round(256 * slide.georef.pixel_size[0] / 0.25)  # 0.499 µm/px → 0.25: ×1.996
+    assert summary["mpp"] == 0.25 and summary["shape"] == [side, side]
     mask = np.asarray(_slide_module()._mask_array(out / "mask.zarr")[...])
     nuclei = mask == 1
     assert summary["objects"] == ndimage.label(nuclei)[1]
