@@ -243,9 +243,9 @@ def main() -> None:
                         help="figure region at level 0 (default: 320 px at the centre)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
-    mpp = args.mpp if args.mpp and args.mpp > 0 else None
-    if args.mpp is not None and not math.isfinite(args.mpp):
-        parser.error("--mpp must be a finite number")
+    if not (math.isfinite(args.mpp) and args.mpp >= 0):
+        parser.error(f"--mpp must be a number >= 0, not {args.mpp}")
+    mpp = args.mpp or None
     from tilesegment.errors import TilesegmentError
 
     try:
