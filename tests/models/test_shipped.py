@@ -158,10 +158,17 @@ def test_recipe_defaults_are_the_cards_training_settings():
     finally:
         sys.path.pop(0)
     args = train_nuclei.parser().parse_args(["data", "out.safetensors"])
+    card = _card()
+    settings = record["arguments"]  # what tilesegment.train.train was called with
+    assert record["recipe"].startswith("pipelines/train_nuclei.py")
     assert record["steps"] == args.epochs * args.steps_per_epoch
-    assert record["seed"] == args.seed and record["tile"] == args.tile
-    assert record["augmentations"] == sorted(args.augment.split(","))
-    assert record["foreground_bias"] == args.foreground_bias
+    assert (card["tile"], card["halo"]) == (args.card_tile, args.halo)
+    for name in ("model", "tile", "batch_size", "epochs", "steps_per_epoch", "lr",
+                 "weight_decay", "val_fraction", "foreground_bias", "seed"):
+        assert settings[name] == getattr(args, name), name
+    assert settings["augment"] == args.augment.split(",")
+    assert settings["class_weights"] == [float(w) for w in args.class_weights.split(",")]
+    assert settings["normalization"] == "raster" and settings["instances"]
 
 
 @pytest.mark.slow

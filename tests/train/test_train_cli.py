@@ -102,3 +102,37 @@ def test_user_errors_are_one_line(tmp_path, files, case):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and expect in lines[0], lines
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.slow
+def test_card_tile_and_halo_are_the_cards_and_relative_names_fingerprint_alike(
+        tmp_path, monkeypatch):
+    """``--card-tile``/``--halo`` are written as the card's run defaults (the model's own
+    default tile is 512 for unet-tiny); the same pair copied into two folders and named
+    relatively gives the same data fingerprint (no absolute path inside it)."""
+    import json
+
+    from tilesegment.train import train
+
+    image, labels = discs(96, 160, seed=3)
+    settings = {"--model": "unet-tiny", "--tile": "48", "--batch-size": "2", "--epochs": "1",
+                "--steps-per-epoch": "1", "--card-tile": "128", "--halo": "56",
+                "--device": "cpu"}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "image.tif", image[0])
+        tifffile.imwrite(tmp_path / folder / "truth.tif", labels)
+    done = _cli("train", "image.tif", "--truth", "truth.tif", "-o", "m.safetensors",
+                "--no-progress", *(x for kv in settings.items() for x in kv),
+                cwd=tmp_path / "a")
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path / "b")
+    train("image.tif", "truth.tif", output="m.safetensors",
+          **{k[2:].replace("-", "_"): (v if k in ("--model", "--device") else int(v))
+             for k, v in settings.items()})
+    cards = [json.loads((tmp_path / f / "m.json").read_text()) for f in ("a", "b")]
+    for card in cards:
+        assert (card["tile"], card["halo"]) == (128, 56)
+        (pair,) = card["training"]["data"]["pairs"]
+        assert (pair["image"], pair["truth"]) == ("image.tif", "truth.tif")
+    assert cards[0]["training"]["data"]["sha256"] == cards[1]["training"]["data"]["sha256"]

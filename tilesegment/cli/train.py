@@ -43,6 +43,8 @@ def _weights(ctx, param, value: str) -> str | tuple[float, ...]:
               "largest valid tile ≤ 256 for the model).")
 @click.option("--halo", type=click.IntRange(min=0), help="Halo stored in the card as the runs' "
               "default (default: the model's seamless halo).")
+@click.option("--card-tile", type=click.IntRange(min=1), help="Tile stored in the card as the "
+              "runs' default, also validation's (default: the model's inference tile).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=100, show_default=True)

@@ -104,7 +104,8 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
           classes: int | None = None, class_names: tuple[str, ...] | str | None = None,
           ignore_index: int | None = None, instances: bool = False,
           mapping: dict[int, int] | None = None, tile: int | None = None,
-          halo: int | None = None, batch_size: int = 8, epochs: int = 10,
+          halo: int | None = None, card_tile: int | None = None,
+          batch_size: int = 8, epochs: int = 10,
           steps_per_epoch: int = 100, lr: float = 1e-3, weight_decay: float = 1e-4,
           val_fraction: float = 0.2, val_images: Any = None, val_truths: Any = None,
           augment: str | tuple[str, ...] | None = "flip,rot90",
@@ -123,6 +124,8 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
     alignment); validation runs the inference path on ``val_fraction`` of each image's
     columns at the right (never touched by a training tile's input), or on
     ``val_images``/``val_truths``. See ``docs/training.md`` for every option.
+    ``card_tile``/``halo``: the runs' default tile and halo written in the card (and used
+    by validation); default the model's inference tile and its seamless halo.
     ``record_tiles``: keep the sampled windows in ``summary.tiles`` (tests use it).
     """
     from tilesegment.infer import resolve_device
@@ -203,8 +206,10 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
     # data: pairs, their regions, label rules
     pairs: list[d.Pair] = []
     rules_of = []
-    for img, gt, given in zip(opened + opened_val, opened_truths + opened_val_truths,
-                              images + val_images, strict=True):
+    for img, gt, given, given_truth in zip(opened + opened_val,
+                                           opened_truths + opened_val_truths,
+                                           images + val_images, truths + val_truths,
+                                           strict=True):
         d.check_pair(img, gt)
         rules = d.label_rules(classes, ignore_index, instances, mapping, gt.nodata)
         rules_of.append(rules)
@@ -216,13 +221,17 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
         else:
             train_w, val_w = d.split_regions(img.height, img.width, val_fraction)
         name = given if isinstance(given, str | os.PathLike) else getattr(img, "source", "")
-        pairs.append(d.Pair(img, gt, d.Labels(gt, rules), train_w, val_w, name=str(name)))
+        truth_name = (given_truth if isinstance(given_truth, str | os.PathLike)
+                      else getattr(gt, "source", ""))
+        pairs.append(d.Pair(img, gt, d.Labels(gt, rules), train_w, val_w, name=str(name),
+                            truth_name=str(truth_name)))
 
     # geometry: the training tile, and the card's inference tile and halo
     t_train = _training_tile(spec, tile)
     shrink = spec.check_tile(t_train)
     train_spec = TileSpec(tile=t_train, halo=max(shrink, 0), shrink=shrink)
-    card_tile = spec.default_tile  # inference's default: the training tile only trains
+    # the runs' tile (validation uses it too): inference's default unless given
+    card_tile = card_tile or spec.default_tile
     val_spec, _ = _tile_spec(spec, card_tile, halo, "reflect", "crop", check_seams=True)
 
     settings = {

@@ -90,6 +90,7 @@ class Pair:
     train: Window | None
     val: Window | None
     name: str = ""
+    truth_name: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,7 +210,7 @@ def fingerprint(pairs: list[Pair]) -> dict[str, Any]:
     rows = []
     for p in pairs:
         rows.append({"image": p.name, "image_sha256": source_digest(p.image),
-                     "truth": str(getattr(p.truth, "source", "")),
+                     "truth": p.truth_name or str(getattr(p.truth, "source", "")),
                      "truth_sha256": source_digest(p.truth),
                      "train_window": None if p.train is None else list(p.train),
                      "val_window": None if p.val is None else list(p.val)})
