@@ -97,10 +97,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    args = parser().parse_args()  # before torch is imported: --help stays quick
+
     from tilesegment.models.checkpoint import build_from_checkpoint, save_checkpoint
     from tilesegment.train import train
 
-    args = parser().parse_args()
     args.data, args.output = args.data.resolve(), args.output.resolve()
     if args.output.exists() and not args.overwrite:
         sys.exit(f"{args.output} exists (pass --overwrite to replace it)")

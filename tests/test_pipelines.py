@@ -88,15 +88,8 @@ def test_every_recipe_loads_and_plans(recipe, tmp_path):
     assert not out.exists()  # planning writes nothing
 
 
-# A script that still imports torch at module level (owned by another task; see the report).
-TORCH_AT_IMPORT = {"train_nuclei.py"}
-
-
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
-def test_every_script_has_help_without_torch(script, request):
-    if script.name in TORCH_AT_IMPORT:
-        request.applymarker(pytest.mark.xfail(reason="imports torch at module level",
-                                              strict=False))
+def test_every_script_has_help_without_torch(script):
     probe = ("import runpy, sys\n"
              f"sys.argv = [{str(script)!r}, '--help']\n"
              "try:\n"

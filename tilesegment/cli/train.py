@@ -77,8 +77,6 @@ def _weights(ctx, param, value: str) -> str | tuple[float, ...]:
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--progress/--no-progress", default=None,
               help="Bar on stderr with loss and validation IoU (default: on a terminal).")
-@click.option("--workers", type=click.IntRange(min=1),
-              help="Accepted for symmetry with run; tiles are read in the main process.")
 def train(images: tuple[str, ...], truths: tuple[str, ...], output: str,
           progress: bool | None, **options: Any) -> None:
     """Train a model on IMAGE... against their --truth masks and write the best checkpoint

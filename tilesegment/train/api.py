@@ -113,7 +113,7 @@ def train(images: Any, truths: Any, *, model: str | None = None, output: str | P
           foreground_bias: float = 0.0, normalization: str = "raster",
           backbone_weights: str | Path | None = None, init: str | Path | None = None,
           device: str = "auto", precision: str = "fp32", seed: int = 0,
-          resume: bool = False, progress: bool = False, workers: int | None = None,
+          resume: bool = False, progress: bool = False,
           overwrite: bool = False, command: str | None = None,
           record_tiles: bool = False) -> TrainSummary:
     """Train ``model`` on ``images`` (paths, arrays or rasters, ``(C, H, W)``) against
