@@ -41,6 +41,7 @@ WORKING_BYTES_PER_PIXEL: dict[str, float] = {
     "unet-valid-tiny": 255.0,
     "unet-valid": 1410.0,
     "deeplab-largefov": 512.0,
+    "landcover-landsat7": 512.0,  # a narrow deeplab-largefov: the full width's, an upper bound
     "fcn32s": 360.0,
     "fcn16s": 320.0,
     "fcn8s": 350.0,
