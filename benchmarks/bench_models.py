@@ -15,27 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
 from tilesegment.models import create_model, get_spec, list_models
 
 SIDE = 512
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(name: str, repeats: int) -> dict:
