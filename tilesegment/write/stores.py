@@ -168,11 +168,8 @@ def clear_stale(final: Path, fingerprint: str | None, finals: Iterable[Path] = (
         if busy is not None:
             _warn(f"left the block store {path} in place: {busy}")
             continue
-        amount = guard.amount(path)
-        try:
-            atomic.remove(path)
-        except OSError as exc:
-            _warn(f"could not remove the stale block store {path}: {exc.strerror or exc}")
+        amount = _remove(path, "the stale block store")
+        if amount is None:
             continue
         if fingerprint is not None and store.fingerprint == fingerprint:
             _warn(f"an unfinished run of the same settings was found ({path.name}, "
@@ -189,6 +186,18 @@ def clear_stale(final: Path, fingerprint: str | None, finals: Iterable[Path] = (
     if locked:
         for path in (final, *finals):
             _clear_old(path)
+
+
+def _remove(path: Path, what: str) -> str | None:
+    """Remove ``path`` (ours, checked by the caller); its size in words, or ``None`` after
+    one warning when it could not be removed."""
+    amount = guard.amount(path)
+    try:
+        atomic.remove(path)
+    except OSError as exc:
+        _warn(f"could not remove {what + ' ' if what else ''}{path}: {exc.strerror or exc}")
+        return None
+    return amount
 
 
 def _clear_old(final: Path) -> None:
@@ -210,11 +219,8 @@ def _clear_old(final: Path) -> None:
             _warn(f"left {path} alone: it is named like an old copy of {final.name}, but "
                   "is not a tilesegment output")
             continue
-        amount = guard.amount(path)
-        try:
-            atomic.remove(path)
-        except OSError as exc:
-            _warn(f"could not remove {path}: {exc.strerror or exc}")
+        amount = _remove(path, "")
+        if amount is None:
             continue
         _warn(f"removed {path} ({amount}): the old {final.name} that an interrupted "
               "replacement left beside the new one")
