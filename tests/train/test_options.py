@@ -92,3 +92,61 @@ def test_bf16_autocast_and_validation_images(tmp_path):
     assert pairs[0]["train_window"] == [0, 64, 0, 96] and pairs[0]["val_window"] is None
     assert pairs[1]["train_window"] is None and pairs[1]["val_window"] == [0, 64, 0, 64]
     assert "class weights" in summary.card.training["loss"]
+
+
+def _vgg16_state(features_only: bool) -> dict:
+    """A torchvision VGG16 state dict (random weights standing in for the ImageNet file)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    state = torchvision.models.vgg16(weights=None).state_dict()
+    return {k: v for k, v in state.items() if not (features_only and k.startswith("classifier"))}
+
+
+def _holds(checkpoint: dict, tensor: np.ndarray) -> bool:
+    """``tensor`` is among the checkpoint's (one step of a vanishing learning rate apart)."""
+    return any(v.shape == tensor.shape and np.allclose(v, tensor, rtol=0, atol=1e-9)
+               for v in checkpoint.values())
+
+
+@pytest.mark.slow
+def test_backbone_weights_start_deeplab_from_the_vgg16_file(tmp_path, disc_data):
+    from safetensors.torch import save_file
+
+    image, labels = disc_data
+    state = _vgg16_state(features_only=True)  # fc6/fc7 then keep their random init
+    vgg = tmp_path / "vgg16.safetensors"
+    save_file(state, str(vgg))
+    out = tmp_path / "d.safetensors"
+    summary = train(image, labels, output=out, model="deeplab-largefov", tile=64,
+                    batch_size=1, device="cpu", epochs=1, steps_per_epoch=1, lr=1e-12,
+                    weight_decay=0.0, backbone_weights=vgg, val_fraction=0.1)
+    assert summary.card.training["start"] == "backbone weights vgg16.safetensors"
+    got = load_file(str(out))
+    convs = [k for k in state if k.endswith(".weight") and k != "features.0.weight"]
+    assert len(convs) == 12  # conv1_2 … conv5_3: copied as they are
+    for key in convs:
+        assert _holds(got, state[key].numpy()), key
+
+
+@pytest.mark.slow
+def test_backbone_weights_fcn_learns_its_zero_score_layer(tmp_path, disc_data):
+    """FCN from a VGG16 file starts with the paper's all-zero score layer (every pixel class
+    0); training must move it, and fc6/fc7 must come from the file's classifier."""
+    from safetensors.torch import save_file
+
+    image, labels = disc_data
+    state = _vgg16_state(features_only=False)
+    vgg = tmp_path / "vgg16.safetensors"
+    save_file(state, str(vgg))
+    del state["features.0.weight"]
+    out = tmp_path / "f.safetensors"
+    train(image, labels, output=out, model="fcn32s", tile=64, batch_size=1, device="cpu",
+          epochs=1, steps_per_epoch=2, lr=1e-3, backbone_weights=vgg, val_fraction=0.1)
+    got = load_file(str(out))
+    score = [v for k, v in got.items() if "score" in k and k.endswith("weight")]
+    assert score and all(np.abs(w).max() > 0 for w in score)
+    fc7 = state["classifier.3.weight"].numpy()  # (4096, 4096) → a 1×1 convolution
+    assert any(v.shape == (4096, 4096, 1, 1) and np.abs(v[..., 0, 0] - fc7).max() < 0.05
+               for v in got.values())
