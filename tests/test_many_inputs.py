@@ -251,3 +251,21 @@ def test_cluster_serves_every_input_and_builds_once_per_process(tmp_path):
     for source in sources:
         assert np.array_equal(mask_of(tmp_path / "out" / f"{source.stem}.zarr"),
                               reference_mask(source))
+
+
+def test_registered_model_built_once_for_all_inputs(tmp_path):
+    """A registered model (built by the pool, not by resolving the name): the pool keeps
+    it between inputs, and lets it go after the last one."""
+    from tilesegment import workers
+
+    sources = [write_scene(tmp_path / f"s{i}.tif", i, side=32) for i in range(3)]
+    before = workers.builds
+    results = segment_many(sources, tmp_path / "out", model="unet-tiny", classes=2,
+                           tile=32, halo=8, seed=3)
+    assert [r.status for r in results] == ["done"] * 3
+    assert workers.builds == before + 1
+    assert workers.pooled_keys() == []  # released once the inputs are done
+    # each as a run of its own
+    for source in sources:
+        alone = segment(source, model="unet-tiny", classes=2, tile=32, halo=8, seed=3)
+        assert np.array_equal(mask_of(tmp_path / "out" / f"{source.stem}.zarr"), alone)
