@@ -97,7 +97,8 @@ def _once(show):
 def _state(result) -> str:
     if result.status == "failed":
         return f"failed: {result.reason}"
-    blocks = "" if result.blocks is None else f", {result.blocks} blocks"
+    n = result.blocks
+    blocks = "" if n is None else f", {n} block{'s' if n != 1 else ''}"
     return f"{result.status}{blocks}, {result.seconds:.1f} s → {result.output}"
 
 
