@@ -269,3 +269,27 @@ def test_registered_model_built_once_for_all_inputs(tmp_path):
     for source in sources:
         alone = segment(source, model="unet-tiny", classes=2, tile=32, halo=8, seed=3)
         assert np.array_equal(mask_of(tmp_path / "out" / f"{source.stem}.zarr"), alone)
+
+
+def test_ctrl_c_stops_every_input_and_prints_the_table(tmp_path):
+    """SIGINT while the first input is mid-block: exit 130, the second input never runs,
+    and the table printed so far says so."""
+    import signal
+
+    from tests.runs import GATED, Run, gated_env
+
+    first, second = write_scene(tmp_path / "a.tif", 1), write_scene(tmp_path / "b.tif", 2)
+    env = gated_env(tmp_path)
+    run = Run([first, second, "-o", tmp_path / "out/", *GATED, "--workers", "1"], env,
+              tmp_path)
+    try:
+        run.wait_for(tmp_path / "started")
+        run.proc.send_signal(signal.SIGINT)
+        code = run.wait()
+    finally:
+        (tmp_path / "gate").touch()
+    assert code == 130, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == (
+        "2 inputs: 0 done, 0 skipped, 0 failed, 2 not run (interrupted)")
+    assert "Traceback" not in run.stderr
+    assert not any((tmp_path / "out").glob("*.zarr"))
