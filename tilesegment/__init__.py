@@ -1,8 +1,8 @@
 """tilesegment: out-of-core overlap-tile semantic segmentation of huge rasters and slides.
 
-``segment(source, output, model=...)`` runs the whole pipeline (``segment_many`` over many
-inputs); ``open_raster(path)`` opens
-an input lazily. Heavy dependencies (torch, rasterio, dask) load on first use, not here.
+``segment(source, output, model=...)`` runs the whole pipeline (``segment_many(sources,
+output_dir)`` over many inputs); ``open_raster(path)`` opens an input lazily. Heavy
+dependencies (torch, rasterio, dask) load on first use, not here.
 """
 
 from __future__ import annotations
