@@ -176,6 +176,8 @@ def test_rerun_skips_complete_outputs_of_the_same_fingerprint(tmp_path, counted)
     assert [rows[str(p)][0] for p in (a, b)] == ["skipped", "skipped"]
     assert again.stdout.strip().splitlines()[-1] == "2 inputs: 0 done, 2 skipped, 0 failed"
     assert _stats(out) == before  # not one file written, replaced or touched
+    planned = invoke("plan", a, b, "-o", out, *MODEL, "--json")
+    assert [r["status"] for r in json.loads(planned.stdout)] == ["skip", "skip"]
 
     # a setting that changes the output (the halo): refused for each input, naming
     # --overwrite and what differs; nothing touched
