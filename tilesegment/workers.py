@@ -18,12 +18,14 @@ torch threads × Dask threads ≤ cores.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,9 @@ _CACHE: OrderedDict[tuple, _Entry] = OrderedDict()
 _PINS: Counter[str] = Counter()
 """Runs of this process holding a content key (their local model is kept until released)."""
 _LOCK = threading.Lock()
+_HOLD: dict[str, Any] = {"depth": 0, "released": set(), "validated": set()}
+"""While :func:`hold_models` is active: the keys local runs released (kept pooled) and the
+keys whose model was already checked for a cluster run."""
 _SETTINGS: dict[str, Any] = {"device": None, "max_models": None}
 builds = 0
 """How many models this process has built (the tests read it, also on workers)."""
@@ -270,8 +275,12 @@ def validate_recipe(recipe: ModelRecipe, local: bool) -> None:
         return
     from tilesegment.infer import resolve_device
 
+    if recipe.key and recipe.key in _HOLD["validated"]:
+        return  # built and checked for an earlier run of this hold
     if recipe.module is None and recipe.source is None:
         _module(recipe)
+    if _HOLD["depth"]:
+        _HOLD["validated"].add(recipe.key)
     if not recipe.device.startswith("cuda"):
         resolve_device(recipe.device)
 
@@ -285,8 +294,36 @@ def release(key: str, pinned: bool = True) -> None:
             _PINS[key] -= 1
         if _PINS[key] == 0:
             del _PINS[key]
-            for found in [k for k in _CACHE if k[0] == key]:
-                del _CACHE[found]
+            if _HOLD["depth"]:
+                _HOLD["released"].add(key)  # kept for the next run of the hold
+            else:
+                _drop(key)
+
+
+def _drop(key: str) -> None:
+    for found in [k for k in _CACHE if k[0] == key]:
+        del _CACHE[found]
+
+
+@contextlib.contextmanager
+def hold_models() -> Iterator[None]:
+    """Within the block, a model that a local run of this process releases stays in the
+    pool (and a model checked for a cluster run is not built again to check it), so
+    consecutive runs of one model build it once (``segment_many``). At the end, what no
+    run still holds leaves the pool. Re-entrant."""
+    with _LOCK:
+        _HOLD["depth"] += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _HOLD["depth"] -= 1
+            if not _HOLD["depth"]:
+                for key in _HOLD["released"]:
+                    if _PINS[key] == 0:
+                        _drop(key)
+                _HOLD["released"].clear()
+                _HOLD["validated"].clear()
 
 
 def _module(recipe: ModelRecipe):

@@ -29,12 +29,13 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 
 RUN_SECTIONS = (
-    ("Input", ("source", "output", "config", "level", "mpp")),
+    ("Input", ("sources", "output", "config", "level", "mpp")),
     ("Model", ("model", "weights", "backbone_weights", "classes", "normalization", "device",
                "seed")),
     ("Tiling", ("tile", "halo", "pad_mode", "pad_value", "blend", "batch_size",
                 "block_size")),
-    ("Output", ("save_probabilities", "save_disagreement", "cog", "overwrite")),
+    ("Output", ("output_format", "save_probabilities", "save_disagreement", "cog",
+                "overwrite")),
     ("Execution", ("scheduler", "local_cluster", "dashboard", "workers", "progress")),
     ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
                    "crf_theta_beta", "crf_w2", "crf_theta_gamma")),
@@ -45,9 +46,10 @@ RUN_SECTIONS = (
 
 
 OPTIONS = (
-    click.argument("source", type=click.Path(exists=True, dir_okay=True)),
+    click.argument("sources", metavar="SOURCE...", nargs=-1, required=True),
     click.option("-o", "--output", type=click.Path(), required=True,
-                 help="Output mask: .zarr (Zarr v3) or .tif (GeoTIFF)."),
+                 help="Output mask: .zarr (Zarr v3) or .tif (GeoTIFF). With several inputs "
+                 "(or a glob, or @paths.txt): a folder, one <stem>.zarr per input."),
     click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
                  expose_value=False, callback=load_recipe,
                  help="TOML recipe (see pipelines/) with these settings; flags override it."),
@@ -89,6 +91,9 @@ OPTIONS = (
     click.option("--save-probabilities", is_flag=True, help="Also write per-class probabilities."),
     click.option("--save-disagreement", is_flag=True, help="With --blend gaussian: also write "
                  "where overlapping tiles disagree on the class (a seam diagnostic)."),
+    click.option("--output-format", type=click.Choice(["zarr", "tif"]),
+                 help="With several inputs: the kind of each output in the -o folder "
+                 "(default zarr). One input with a file -o: its extension decides."),
     click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output."),
     click.option("--scheduler", default="threads", show_default=True,

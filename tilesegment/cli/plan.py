@@ -16,21 +16,37 @@ from tilesegment.cli.options import (
     plan_options,
     segment_settings,
 )
+from tilesegment.cli.run_many import single_source
 from tilesegment.cli.sections import SectionedCommand
 
 
 @click.command(cls=SectionedCommand, sections=RUN_SECTIONS)
 @plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(source: str, output: str, level: int | None, mpp: float | None, cog: bool,
-         local_cluster: int | None, dashboard: bool, scheduler: str,
-         progress: bool | None, truth: str | None, as_json: bool, **options: Any) -> None:
+def plan(sources: tuple[str, ...], output: str, level: int | None, mpp: float | None,
+         cog: bool, local_cluster: int | None, dashboard: bool, scheduler: str,
+         progress: bool | None, truth: str | None, as_json: bool,
+         output_format: str | None, **options: Any) -> None:
     """Print what `run` with the same SOURCE and options would do, without running it.
 
     Reads the raster's metadata only and builds no model (torch is not even imported for a
     registered model name): the same checks and errors as `run`, then the plan and its
     fingerprint. Normalisation statistics of `--normalize raster` are computed only by the run.
     """
+    source = single_source(sources, output, output_format)
+    if source is None:  # each input's plan, or why it is skipped or fails
+        from tilesegment.cli.run_many import check_many_usage, plan_many
+
+        fmt = check_many_usage(truth, output_format, cog)
+        check_usage(f"x.{fmt}", level, mpp, cog, dashboard, local_cluster)
+        for name in TRUTH_ALIGNMENT:
+            options.pop(name)
+        settings = segment_settings(truth=None, **options)
+        plan_many(sources, output, output_format=fmt, as_json=as_json, settings=dict(
+            settings, level=level, mpp=mpp, cog=cog, progress=bool(progress),
+            scheduler=f"local-cluster ({local_cluster} workers)" if local_cluster
+            else scheduler))
+        return
     check_usage(output, level, mpp, cog, dashboard, local_cluster)
     from tilesegment.plan import build_plan, describe_plan
     from tilesegment.plan.describe import format_plan

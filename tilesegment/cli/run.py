@@ -21,6 +21,7 @@ from tilesegment.cli.options import (
     run_options,
     segment_settings,
 )
+from tilesegment.cli.run_many import single_source
 from tilesegment.cli.sections import SectionedCommand
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -38,11 +39,30 @@ class Interrupted(KeyboardInterrupt):
 
 @click.command(cls=SectionedCommand, sections=RUN_SECTIONS)
 @run_options
-def run(source: str, output: str, level: int | None, mpp: float | None, cog: bool,
-        overwrite: bool, local_cluster: int | None, dashboard: bool, scheduler: str,
-        progress: bool | None, classes: int | None, truth: str | None,
-        **options: Any) -> None:
-    """Segment SOURCE (GeoTIFF, slide TIFF/SVS/OME-TIFF, or Zarr) into OUTPUT."""
+def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | None,
+        cog: bool, overwrite: bool, local_cluster: int | None, dashboard: bool,
+        scheduler: str, progress: bool | None, classes: int | None, truth: str | None,
+        output_format: str | None, **options: Any) -> None:
+    """Segment SOURCE (GeoTIFF, slide TIFF/SVS/OME-TIFF, or Zarr) into OUTPUT.
+
+    Several SOURCEs (or a quoted glob such as 'scenes/*.tif', or @paths.txt with one path
+    a line) go into the folder OUTPUT, one <stem>.zarr each, with one model and one
+    cluster; a summary table follows, exit 1 if any input failed.
+    """
+    source = single_source(sources, output, output_format)
+    if source is None:
+        from tilesegment.cli.run_many import check_many_usage, run_many
+
+        fmt = check_many_usage(truth, output_format, cog)
+        check_usage(f"x.{fmt}", level, mpp, cog, dashboard, local_cluster)
+        for name in TRUTH_SETTINGS:
+            options.pop(name)
+        run_many(sources, output, output_format=fmt, overwrite=overwrite,
+                 local_cluster=local_cluster, dashboard=dashboard, scheduler=scheduler,
+                 progress=progress, settings=dict(
+                     segment_settings(truth=None, **options), classes=classes, level=level,
+                     mpp=mpp, cog=cog))
+        return
     check_usage(output, level, mpp, cog, dashboard, local_cluster)
     from tilesegment.pipeline import segment
     from tilesegment.write.lock import output_lock

@@ -23,10 +23,13 @@ TorchScript is deprecated by torch (2.10+ warns); its deprecation warning is sil
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +71,31 @@ class ResolvedModel:
     halo: int | None = None
 
 
+_REUSED: list[dict[tuple, ResolvedModel]] = []
+"""The memo of the innermost :func:`reusing_models` block (none outside one)."""
+
+
+@contextlib.contextmanager
+def reusing_models() -> Iterator[None]:
+    """Within the block, :func:`resolve_model` loads a model given by name, file or
+    function once per (value, bands, classes, tile, weights) and hands the same resolved
+    model to every later call: the runs of ``segment_many`` share one built module."""
+    _REUSED.append({})
+    try:
+        yield
+    finally:
+        _REUSED.pop()
+
+
+def _file_state(path: str | Path | None) -> tuple | None:
+    """What names a file's version (a changed file is loaded again); None for no file."""
+    try:
+        stat = os.stat(path) if path else None
+    except (OSError, ValueError):
+        return None
+    return None if stat is None else (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
 def resolve_model(value: str | nn.Module, in_channels: int, num_classes: int | None = None,
                   *, tile: int | None = None,
                   weights: str | Path | None = None) -> ResolvedModel:
@@ -77,8 +105,23 @@ def resolve_model(value: str | nn.Module, in_channels: int, num_classes: int | N
     another count is refused. ``tile``: the probe tile for modules (default 256).
     ``weights``: a weights file loaded strictly into a TorchScript/function/object module;
     for registered names it is left to the caller (``ModelRecipe.weights``); a checkpoint
-    carries its own and refuses it.
+    carries its own and refuses it. Inside :func:`reusing_models` a model named by a
+    string is loaded once.
     """
+    if not _REUSED or not isinstance(value, str):
+        return _resolve_model(value, in_channels, num_classes, tile=tile, weights=weights)
+    memo = _REUSED[-1]
+    key = (value, _file_state(value), in_channels, num_classes, tile,
+           None if weights is None else str(weights), _file_state(weights))
+    if key not in memo:
+        memo[key] = _resolve_model(value, in_channels, num_classes, tile=tile,
+                                   weights=weights)
+    return memo[key]
+
+
+def _resolve_model(value: str | nn.Module, in_channels: int, num_classes: int | None = None,
+                   *, tile: int | None = None,
+                   weights: str | Path | None = None) -> ResolvedModel:
     if isinstance(value, nn.Module):
         module = _with_weights(value, weights)
         return ResolvedModel("module", spec_for_module(module, in_channels, tile, num_classes),
