@@ -54,6 +54,10 @@ class SeamWarning(UserWarning):
     """A halo below the model's receptive field, or cores off its output-stride grid."""
 
 
+class SlowPrecisionWarning(UserWarning):
+    """``--precision bf16`` on the CPU: allowed, usually slower than fp32 there."""
+
+
 class RandomWeightsWarning(UserWarning):
     """A model was built without weights: its output is meaningless except for testing."""
 

@@ -24,14 +24,16 @@ from tilesegment.cli.sections import SectionedCommand
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(source: str, output: str, level: int | None, mpp: float | None, cog: bool,
          local_cluster: int | None, dashboard: bool, scheduler: str,
-         progress: bool | None, truth: str | None, as_json: bool, **options: Any) -> None:
+         progress: bool | None, truth: str | None, as_json: bool, devices: str | None,
+         **options: Any) -> None:
     """Print what `run` with the same SOURCE and options would do, without running it.
 
     Reads the raster's metadata only and builds no model (torch is not even imported for a
     registered model name): the same checks and errors as `run`, then the plan and its
     fingerprint. Normalisation statistics of `--normalize raster` are computed only by the run.
     """
-    check_usage(output, level, mpp, cog, dashboard, local_cluster)
+    check_usage(output, level, mpp, cog, dashboard, local_cluster, devices, scheduler,
+                options["device"])
     from tilesegment.plan import build_plan, describe_plan
     from tilesegment.plan.describe import format_plan
 
@@ -41,6 +43,8 @@ def plan(source: str, output: str, level: int | None, mpp: float | None, cog: bo
     # A --local-cluster run computes in worker processes of its own: a distributed plan
     # (no cluster is started to plan it).
     scheduler = f"local-cluster ({local_cluster} workers)" if local_cluster else scheduler
+    if devices:  # one worker per GPU, each computing on its own (nothing started here)
+        scheduler, settings["device"] = f"gpu pool ({devices})", "cuda"
     run_plan = build_plan(source, output, level=level, mpp=mpp, cog=cog,
                           scheduler=scheduler, progress=bool(progress), resolve=False,
                           **settings)
