@@ -71,6 +71,23 @@ def test_devices_usage_errors(tmp_path, extra, message):
     assert message in result.stderr
 
 
+def test_plan_of_a_devices_run_needs_no_gpu(tmp_path):
+    """``tilesegment plan --devices`` describes the GPU pool's run (computed on CUDA, not
+    locally) without starting anything or touching a GPU."""
+    import json
+
+    src = write_input(tmp_path / "in.tif")
+    result = CliRunner().invoke(cli, ["plan", str(src), "-o", str(tmp_path / "o.zarr"),
+                                      "--model", "unet-tiny", "--classes", "3", "--devices",
+                                      "all", "--precision", "fp16", "--compile", "--json"])
+    assert result.exit_code == 0, result.output
+    execution = json.loads(result.stdout)["execution"]
+    assert execution["scheduler"] == "gpu pool (all)"
+    assert (execution["device"], execution["device_type"]) == ("cuda", "cuda")
+    assert (execution["precision"], execution["compile"]) == ("fp16", True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
 @pytest.mark.slow
 def test_gpu_pool_gives_each_worker_its_own_device():
     """One worker process per device index, each with CUDA_VISIBLE_DEVICES set to its own

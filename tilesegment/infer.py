@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tilesegment.errors import ModelError, SettingError
+from tilesegment.errors import BatchHalvedWarning, ModelError, SettingError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """``--precision`` → the autocast dtype (``None``: plain float32, no autocast)."""
@@ -137,7 +137,7 @@ class Predictor:
         _log.warning(message)
         if not self._warned:
             self._warned = True
-            warnings.warn(message, ResourceWarning, stacklevel=2)
+            warnings.warn(message, BatchHalvedWarning, stacklevel=2)
 
     def _call(self, part: np.ndarray, size: int) -> np.ndarray:
         """One model call on ``part`` padded with zero tiles to ``size``."""
