@@ -179,6 +179,35 @@ def test_predictor_bf16_autocast_on_cpu_changes_the_floats_not_the_shape():
         Predictor(module, torch.device("cpu"), 8, 16, 2, precision="int8")
 
 
+def test_predictor_crops_the_core_before_the_copy_back():
+    """``crop=(start, size)``: the same floats as the full output's square, and a crop-blend
+    block merged from cropped outputs equals one merged from full outputs."""
+    from tilesegment.block import merge_window
+    from tilesegment.grid import TileSpec
+    from tilesegment.read import open_raster
+    from tilesegment.split import Splitter
+
+    torch.manual_seed(4)
+    module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1))
+    tiles = np.random.default_rng(5).random((3, 3, 32, 32), dtype=np.float32)
+    predictor = Predictor(module, torch.device("cpu"), 8, 32, 3)
+    full = predictor(tiles)
+    np.testing.assert_array_equal(predictor(tiles, crop=(8, 16)), full[:, :, 8:24, 8:24])
+
+    class FullOnly:  # the same model, without the crop: every output comes back whole
+        batch_size = 8
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            return predictor(batch)
+
+    spec = TileSpec(tile=32, halo=8)
+    splitter = Splitter(open_raster(IMAGE), spec, None, None)
+    window = (0, 40, 8, 56)
+    cropped = merge_window(splitter, predictor, window, 3)
+    whole = merge_window(splitter, FullOnly(), window, 3)
+    assert cropped.logits.tobytes() == whole.logits.tobytes()
+
+
 def test_precision_and_compile_enter_the_plan_and_the_fingerprint():
     base = build_plan(IMAGE, **SMALL, device="cpu")
     with warnings.catch_warnings(record=True) as caught:

@@ -117,17 +117,24 @@ class Predictor:
         self._pinned: dict[str, torch.Tensor] = {}
         self._warned = False
 
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """Model output for ``tiles`` ``float32[N, C, T, T]`` as ``float32[N, K, o, o]``."""
+    def __call__(self, tiles: np.ndarray,
+                 crop: tuple[int, int] | None = None) -> np.ndarray:
+        """Model output for ``tiles`` ``float32[N, C, T, T]`` as ``float32[N, K, o, o]``,
+        or with ``crop=(start, size)`` only ``[..., start:start+size, start:start+size]``
+        of it as ``float32[N, K, size, size]``."""
         n = len(tiles)
-        out = np.empty((n, self.num_classes, self.out_side, self.out_side), np.float32)
+        side = self.out_side if crop is None else crop[1]
+        out = np.empty((n, self.num_classes, side, side), np.float32)
+
+        def call(part: np.ndarray, size: int) -> np.ndarray:
+            return self._call(part, size, crop)
+
         if not self._cuda:
             torch.set_num_threads(self.threads)  # OpenMP's thread count is per thread
-            halving_calls(self._call, tiles, self.call_size, out)
+            halving_calls(call, tiles, self.call_size, out)
             return out
         with self._lock:
-            self.call_size = halving_calls(self._call, tiles, self.call_size, out,
-                                           self._halved)
+            self.call_size = halving_calls(call, tiles, self.call_size, out, self._halved)
         return out
 
     def _halved(self, old: int, new: int) -> None:
@@ -139,8 +146,10 @@ class Predictor:
             self._warned = True
             warnings.warn(message, BatchHalvedWarning, stacklevel=2)
 
-    def _call(self, part: np.ndarray, size: int) -> np.ndarray:
-        """One model call on ``part`` padded with zero tiles to ``size``."""
+    def _call(self, part: np.ndarray, size: int,
+              crop: tuple[int, int] | None = None) -> np.ndarray:
+        """One model call on ``part`` padded with zero tiles to ``size`` (outputs cropped
+        to ``crop`` on the device)."""
         with torch.inference_mode():
             batch = self._to_device(part, size).contiguous(memory_format=self.memory_format)
             dtype = PRECISIONS[self.precision]
@@ -158,7 +167,10 @@ class Predictor:
                 raise ModelError(
                     f"the model returned shape {tuple(y.shape)} for input "
                     f"{tuple(batch.shape)}; its spec promises {expect}")
-            return self._to_host(y.float())[:len(part)]
+            if crop is not None:
+                start, side = crop
+                y = y[:, :, start:start + side, start:start + side]
+            return self._to_host(y.float().contiguous())[:len(part)]
 
     def _to_device(self, part: np.ndarray, size: int) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(part))
