@@ -58,6 +58,16 @@ def test_devices_without_cuda_is_one_line_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
+def test_pool_workers_get_the_gpus_this_process_sees():
+    """Torch's index *i* is the *i*-th entry of this process's own CUDA_VISIBLE_DEVICES."""
+    from tilesegment.local_cluster import visible_devices
+
+    assert visible_devices((0, 1), {}) == ("0", "1")
+    assert visible_devices((0, 1), {"CUDA_VISIBLE_DEVICES": "2, 3"}) == ("2", "3")
+    assert visible_devices((1,), {"CUDA_VISIBLE_DEVICES": "GPU-ab12,GPU-cd34"}) == (
+        "GPU-cd34",)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--local-cluster", "2"], "--devices and --local-cluster are mutually exclusive"),
     (["--device", "cpu"], "drop --device cpu"),

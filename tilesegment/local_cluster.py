@@ -19,6 +19,7 @@ Worker processes import it too (the worker class travels by name).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Any
@@ -130,23 +131,36 @@ def start_gpu_pool(devices: tuple[int, ...], dashboard: bool = False,
         import importlib.util
 
         use_dask_cuda = importlib.util.find_spec("dask_cuda") is not None
+    physical = visible_devices(devices)
     if use_dask_cuda:
-        client = _dask_cuda_pool(devices, dashboard)
+        client = _dask_cuda_pool(physical, dashboard)
     else:
-        env = {i: {"CUDA_VISIBLE_DEVICES": str(d), DEVICE_ENV: "cuda:0"}
-               for i, d in enumerate(devices)}
+        env = {i: {"CUDA_VISIBLE_DEVICES": d, DEVICE_ENV: "cuda:0"}
+               for i, d in enumerate(physical)}
         client = _closed_cluster(env, GPU_THREADS, dashboard)
     return client
 
 
-def _dask_cuda_pool(devices: tuple[int, ...], dashboard: bool) -> Client:
+def visible_devices(devices: tuple[int, ...], environ: dict | None = None) -> tuple[str, ...]:
+    """The ``CUDA_VISIBLE_DEVICES`` entries of torch's device indices ``devices`` in this
+    process: when this process itself sees a subset (``CUDA_VISIBLE_DEVICES=2,3``), its
+    ``cuda:0`` is the GPU listed first, so a worker for index 0 must be given ``2``."""
+    environ = os.environ if environ is None else environ
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None or not listed.strip():
+        return tuple(str(d) for d in devices)
+    entries = [e.strip() for e in listed.split(",") if e.strip()]
+    return tuple(entries[d] if d < len(entries) else str(d) for d in devices)
+
+
+def _dask_cuda_pool(devices: tuple[str, ...], dashboard: bool) -> Client:
     """dask-cuda's cluster: worker *i* sees ``devices`` rotated to start at its own (its
     ``cuda:0``); the pool plugin tells each worker so."""
     from dask_cuda import LocalCUDACluster
 
     security = Security.temporary()
     cluster = LocalCUDACluster(
-        CUDA_VISIBLE_DEVICES=",".join(map(str, devices)), n_workers=len(devices),
+        CUDA_VISIBLE_DEVICES=",".join(devices), n_workers=len(devices),
         threads_per_worker=GPU_THREADS, host=HOST, protocol="tls://", security=security,
         dashboard_address=f"{HOST}:{DASHBOARD_PORT}" if dashboard else None,
         worker_class=QuietWorker, silence_logs=logging.CRITICAL, name="tilesegment")
