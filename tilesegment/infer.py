@@ -170,7 +170,7 @@ class Predictor:
             if crop is not None:
                 start, side = crop
                 y = y[:, :, start:start + side, start:start + side]
-            return self._to_host(y.float().contiguous())[:len(part)]
+            return self._to_host(y.float())[:len(part)]
 
     def _to_device(self, part: np.ndarray, size: int) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(part))
