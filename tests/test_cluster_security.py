@@ -208,6 +208,25 @@ def test_real_local_cluster_run_is_closed(tmp_path):
     assert run.stdout.startswith(f"wrote {tmp_path / 'out.zarr'}")
 
 
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def test_default_run_listens_on_no_network_address(tmp_path):
+    """During a real default ``tilesegment run`` (local threads): no process of the run
+    listens on any address but loopback (today on none at all)."""
+    src = write_input(tmp_path / "in.tif")
+    env = gated_env(tmp_path)
+    run = Run([src, "-o", tmp_path / "out.zarr", *GATED], env, tmp_path)
+    try:
+        run.wait_for(tmp_path / "started")  # a block is being computed
+        sockets = listeners([run.pid, *_descendants(run.pid)])
+        assert {host for host, _ in sockets} <= LOOPBACK, sockets
+    finally:
+        (tmp_path / "gate").touch()
+        code = run.wait()
+    assert code == 0, run.stderr
+
+
 def test_dashboard_needs_local_cluster(tmp_path):
     from click.testing import CliRunner
 

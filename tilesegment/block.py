@@ -139,8 +139,11 @@ def merge_window(splitter: Splitter, predictor: Any, window: Window,
     spec = splitter.spec
     stack = splitter.read(window, splitter.tiles_for(window))
     merger = merger_for(spec.blend)(spec, window, num_classes)
+    # crop blend: only each tile's core comes back from the model's device
+    crop = getattr(merger, "core_crop", None)
+    crop = crop(spec) if crop is not None and getattr(predictor, "crops", False) else None
     for tiles, batch in stack.batches(predictor.batch_size):
-        merger.add(tiles, predictor(batch))
+        merger.add(tiles, predictor(batch) if crop is None else predictor(batch, crop=crop))
     result = BlockResult(merger.result(), stack.valid, len(stack), merger.disagreement(),
                          nonfinite=stack.nonfinite)
     return blank_faults(result)

@@ -54,6 +54,15 @@ class SeamWarning(UserWarning):
     """A halo below the model's receptive field, or cores off its output-stride grid."""
 
 
+class SlowPrecisionWarning(UserWarning):
+    """``--precision bf16`` on the CPU: allowed, usually slower than fp32 there."""
+
+
+class BatchHalvedWarning(UserWarning):
+    """CUDA ran out of memory: the batch of model calls was halved (said once per model
+    and worker process)."""
+
+
 class RandomWeightsWarning(UserWarning):
     """A model was built without weights: its output is meaningless except for testing."""
 

@@ -88,11 +88,22 @@ def start_local_cluster(n_workers: int, threads_per_worker: int = 1,
                         dashboard: bool = False):
     """Start a ``distributed`` cluster of ``n_workers`` processes that no other process can
     enter (TLS with temporary credentials, listening on 127.0.0.1 only, no HTTP server unless
-    ``dashboard``, then on 127.0.0.1); workers are named 0..n-1 so each can take its own
-    GPU. Returns a Client holding the credentials; close it and ``client.cluster``."""
+    ``dashboard``, then on 127.0.0.1); its workers compute on the CPU (a pool of GPU
+    workers: :func:`start_gpu_pool`). Returns a Client holding the credentials; close it
+    and ``client.cluster``."""
     from tilesegment.local_cluster import start
 
     return start(n_workers, threads_per_worker, dashboard=dashboard)
+
+
+def start_gpu_pool(devices: tuple[int, ...], dashboard: bool = False):
+    """Start one worker process per CUDA device index in ``devices`` (``--devices``), each
+    seeing only its own GPU (as ``cuda:0``) and running two block tasks at a time, closed
+    like :func:`start_local_cluster`; dask-cuda's ``LocalCUDACluster`` when it is installed.
+    Returns a Client; close it and ``client.cluster``."""
+    from tilesegment.local_cluster import start_gpu_pool as start
+
+    return start(tuple(devices), dashboard=dashboard)
 
 
 @contextlib.contextmanager

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import warnings
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
-from tilesegment.errors import ModelError
+from tilesegment.errors import BatchHalvedWarning, ModelError, SettingError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""``--precision`` → the autocast dtype (``None``: plain float32, no autocast)."""
+
+_log = logging.getLogger(__name__)
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
+
+
+def device_lock(device: torch.device) -> threading.Lock:
+    """The lock that serialises model calls on one CUDA device in this process: two block
+    tasks per GPU worker overlap their reading and merging, never their kernels."""
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
 
 
 def resolve_device(device: str) -> torch.device:
@@ -30,6 +49,35 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def halving_calls(call: Callable[[np.ndarray, int], np.ndarray], tiles: np.ndarray,
+                  size: int, out: np.ndarray,
+                  on_halve: Callable[[int, int], None] | None = None) -> int:
+    """Run ``call(part, size)`` over ``tiles`` ``size`` at a time into ``out`` (``part``
+    has at most ``size`` tiles; ``call`` returns one output per tile of ``part``).
+
+    A CUDA out-of-memory error halves ``size`` (``on_halve(old, new)`` is told) and the
+    same tiles are tried again; one tile per call that still does not fit is a
+    :class:`ModelError`. Returns the size the calls ended with (kept by the caller)."""
+    start, n = 0, len(tiles)
+    while start < n:
+        part = tiles[start:start + size]
+        try:
+            out[start:start + len(part)] = call(part, size)
+        except torch.cuda.OutOfMemoryError as exc:
+            if size == 1:
+                raise ModelError(
+                    "CUDA out of memory with one tile per model call: use a smaller "
+                    f"--tile, fp16/bf16 --precision or a larger GPU ({exc})") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if on_halve is not None:
+                on_halve(size, size // 2)
+            size //= 2
+            continue
+        start += len(part)
+    return size
+
+
 class Predictor:
     """Runs ``module`` on batches of tiles on one device under ``torch.inference_mode``.
 
@@ -39,44 +87,115 @@ class Predictor:
     comes from concurrent block tasks; one tile per call was also measured fastest); on
     CUDA ``batch_size`` tiles per call, the last call of a block padded with zero tiles.
     ``channels_last`` (NHWC) speeds up CPU and tensor-core convolutions.
+
+    On CUDA the calls of one device are serialised by :func:`device_lock` (block tasks
+    running beside each other then overlap reading and merging with inference), tiles go
+    through a pinned host buffer with non-blocking copies both ways, ``precision``
+    ``bf16``/``fp16`` runs the model under ``torch.autocast`` (outputs cast back to
+    float32), and an out-of-memory error halves the batch for the rest of this
+    predictor's life, with one warning (:func:`halving_calls`). ``forward`` is the callable
+    actually run (the module, or its ``torch.compile`` wrapper shared through the pool).
     """
 
     def __init__(self, module: nn.Module, device: torch.device, batch_size: int,
                  out_side: int, num_classes: int, channels_last: bool = True,
-                 threads: int = 1):
+                 threads: int = 1, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise SettingError(f"precision {precision!r} unknown; use fp32, bf16 or fp16")
         self.device = device
         self.batch_size = max(1, int(batch_size))
         self.call_size = 1 if device.type == "cpu" else self.batch_size
         self.threads = max(1, int(threads))
         self.out_side = out_side
         self.num_classes = num_classes
+        self.precision = precision
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.module = module.eval().to(device=device, memory_format=self.memory_format)
+        self.forward: Callable = self.module
+        self._cuda = device.type == "cuda"
+        self._lock = device_lock(device) if self._cuda else None
+        self._pinned: dict[str, torch.Tensor] = {}
+        self._warned = False
 
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """Model output for ``tiles`` ``float32[N, C, T, T]`` as ``float32[N, K, o, o]``."""
+    def __call__(self, tiles: np.ndarray,
+                 crop: tuple[int, int] | None = None) -> np.ndarray:
+        """Model output for ``tiles`` ``float32[N, C, T, T]`` as ``float32[N, K, o, o]``,
+        or with ``crop=(start, size)`` only ``[..., start:start+size, start:start+size]``
+        of it as ``float32[N, K, size, size]``."""
         n = len(tiles)
-        out = np.empty((n, self.num_classes, self.out_side, self.out_side), np.float32)
-        if self.device.type == "cpu":
+        side = self.out_side if crop is None else crop[1]
+        out = np.empty((n, self.num_classes, side, side), np.float32)
+
+        def call(part: np.ndarray, size: int) -> np.ndarray:
+            return self._call(part, size, crop)
+
+        if not self._cuda:
             torch.set_num_threads(self.threads)  # OpenMP's thread count is per thread
-        step = self.call_size
-        with torch.inference_mode():
-            for start in range(0, n, step):
-                part = tiles[start:start + step]
-                batch = torch.from_numpy(np.ascontiguousarray(part)).to(self.device)
-                if len(part) < step:
-                    fill = batch.new_zeros((step - len(part), *batch.shape[1:]))
-                    batch = torch.cat([batch, fill])
-                batch = batch.contiguous(memory_format=self.memory_format)
-                y = self.module(batch)
-                if not isinstance(y, torch.Tensor):
-                    raise ModelError(
-                        f"the model returned a {type(y).__name__}; the contract is one "
-                        "float32[N, K, H', W'] logits tensor")
-                expect = (len(batch), self.num_classes, self.out_side, self.out_side)
-                if tuple(y.shape) != expect:
-                    raise ModelError(
-                        f"the model returned shape {tuple(y.shape)} for input "
-                        f"{tuple(batch.shape)}; its spec promises {expect}")
-                out[start:start + len(part)] = y[:len(part)].float().cpu().numpy()
+            halving_calls(call, tiles, self.call_size, out)
+            return out
+        with self._lock:
+            self.call_size = halving_calls(call, tiles, self.call_size, out, self._halved)
         return out
+
+    def _halved(self, old: int, new: int) -> None:
+        message = (f"CUDA out of memory on {self.device} with {old} tiles per model call: "
+                   f"{new} per call from now on (outputs may differ in the last bits from "
+                   f"a run with batch {self.batch_size})")
+        _log.warning(message)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message, BatchHalvedWarning, stacklevel=2)
+
+    def _call(self, part: np.ndarray, size: int,
+              crop: tuple[int, int] | None = None) -> np.ndarray:
+        """One model call on ``part`` padded with zero tiles to ``size`` (outputs cropped
+        to ``crop`` on the device)."""
+        with torch.inference_mode():
+            batch = self._to_device(part, size).contiguous(memory_format=self.memory_format)
+            dtype = PRECISIONS[self.precision]
+            if dtype is None:
+                y = self.forward(batch)
+            else:
+                with torch.autocast(device_type=self.device.type, dtype=dtype):
+                    y = self.forward(batch)
+            if not isinstance(y, torch.Tensor):
+                raise ModelError(
+                    f"the model returned a {type(y).__name__}; the contract is one "
+                    "float32[N, K, H', W'] logits tensor")
+            expect = (len(batch), self.num_classes, self.out_side, self.out_side)
+            if tuple(y.shape) != expect:
+                raise ModelError(
+                    f"the model returned shape {tuple(y.shape)} for input "
+                    f"{tuple(batch.shape)}; its spec promises {expect}")
+            if crop is not None:
+                start, side = crop
+                y = y[:, :, start:start + side, start:start + side]
+            return self._to_host(y.float())[:len(part)]
+
+    def _to_device(self, part: np.ndarray, size: int) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(part))
+        if not self._cuda:
+            if len(part) < size:
+                host = torch.cat([host, host.new_zeros((size - len(part), *host.shape[1:]))])
+            return host
+        # a pinned staging buffer (reused; calls are serialised by the device lock), so
+        # the host-to-device copy can be asynchronous
+        pinned = self._buffer("in", (size, *host.shape[1:]))
+        pinned[:len(part)].copy_(host)
+        pinned[len(part):].zero_()
+        return pinned.to(self.device, non_blocking=True)
+
+    def _to_host(self, y: torch.Tensor) -> np.ndarray:
+        if not self._cuda:
+            return y.cpu().numpy()
+        pinned = self._buffer("out", tuple(y.shape))
+        pinned.copy_(y, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return pinned.numpy()  # copied into the caller's array before the lock is let go
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        found = self._pinned.get(name)
+        if found is None or tuple(found.shape) != shape:
+            found = self._pinned[name] = torch.empty(shape, dtype=torch.float32,
+                                                     pin_memory=True)
+        return found

@@ -19,6 +19,7 @@ Worker processes import it too (the worker class travels by name).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Any
@@ -95,32 +96,103 @@ class ModelPoolPlugin(WorkerPlugin):
             get_predictor(recipe)
 
 
+GPU_THREADS = 2
+"""Threads of a GPU worker: two block tasks in flight per GPU, so reading and merging one
+block overlaps the model calls of the other (the calls themselves take turns, see
+:func:`tilesegment.infer.device_lock`)."""
+
+
 def start(n_workers: int, threads_per_worker: int = 1, dashboard: bool = False) -> Client:
-    """Start a cluster of ``n_workers`` worker processes (each under a nanny, named 0..n-1;
-    worker *i* is given GPU *i*, or the CPU, explicitly in its environment) with
-    ``threads_per_worker`` threads each; return a Client holding the run's credentials
-    (``client.cluster`` is the cluster)."""
+    """Start a cluster of ``n_workers`` CPU worker processes (each under a nanny, named
+    0..n-1, told ``cpu`` in its environment) with ``threads_per_worker`` threads each;
+    return a Client holding the run's credentials (``client.cluster`` is the cluster)."""
+    env = {i: {DEVICE_ENV: "cpu"} for i in range(n_workers)}
+    return _closed_cluster(env, threads_per_worker, dashboard)
+
+
+def start_gpu_pool(devices: tuple[int, ...], dashboard: bool = False,
+                   use_dask_cuda: bool | None = None, check: bool = True) -> Client:
+    """Start one worker process per CUDA device index in ``devices``, each seeing only its
+    own GPU as ``cuda:0``, with :data:`GPU_THREADS` threads; return the Client.
+
+    With dask-cuda importable (``use_dask_cuda=None``) its ``LocalCUDACluster`` starts the
+    workers (its CPU affinity per GPU), on 127.0.0.1 with TLS; else this module's own closed
+    cluster gives worker *i* ``CUDA_VISIBLE_DEVICES=devices[i]``. ``check=False`` skips the
+    check that the devices exist (the tests start the pool on a CPU machine to see each
+    worker's environment)."""
+    if check:
+        gpus = cuda_device_count()
+        missing = [d for d in devices if d >= gpus]
+        if missing:
+            from tilesegment.errors import ModelError
+
+            raise ModelError(f"CUDA device(s) {missing} asked for, but {gpus} are present")
+    if use_dask_cuda is None:
+        import importlib.util
+
+        use_dask_cuda = importlib.util.find_spec("dask_cuda") is not None
+    physical = visible_devices(devices)
+    if use_dask_cuda:
+        client = _dask_cuda_pool(physical, dashboard)
+    else:
+        env = {i: {"CUDA_VISIBLE_DEVICES": d, DEVICE_ENV: "cuda:0"}
+               for i, d in enumerate(physical)}
+        client = _closed_cluster(env, GPU_THREADS, dashboard)
+    return client
+
+
+def visible_devices(devices: tuple[int, ...], environ: dict | None = None) -> tuple[str, ...]:
+    """The ``CUDA_VISIBLE_DEVICES`` entries of torch's device indices ``devices`` in this
+    process: when this process itself sees a subset (``CUDA_VISIBLE_DEVICES=2,3``), its
+    ``cuda:0`` is the GPU listed first, so a worker for index 0 must be given ``2``."""
+    environ = os.environ if environ is None else environ
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None or not listed.strip():
+        return tuple(str(d) for d in devices)
+    entries = [e.strip() for e in listed.split(",") if e.strip()]
+    return tuple(entries[d] if d < len(entries) else str(d) for d in devices)
+
+
+def _dask_cuda_pool(devices: tuple[str, ...], dashboard: bool) -> Client:
+    """dask-cuda's cluster: worker *i* sees ``devices`` rotated to start at its own (its
+    ``cuda:0``); the pool plugin tells each worker so."""
+    from dask_cuda import LocalCUDACluster
+
+    security = Security.temporary()
+    cluster = LocalCUDACluster(
+        CUDA_VISIBLE_DEVICES=",".join(devices), n_workers=len(devices),
+        threads_per_worker=GPU_THREADS, host=HOST, protocol="tls://", security=security,
+        dashboard_address=f"{HOST}:{DASHBOARD_PORT}" if dashboard else None,
+        worker_class=QuietWorker, silence_logs=logging.CRITICAL, name="tilesegment")
+    try:
+        client = Client(cluster, security=security)
+        client.register_plugin(ModelPoolPlugin(device="cuda:0"))
+        return client
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def _closed_cluster(env: dict[int, dict[str, str]], threads_per_worker: int,
+                    dashboard: bool) -> Client:
+    """One worker process per key of ``env`` (its environment), closed to other processes
+    (see the module's docstring)."""
     security = Security.temporary()
     scheduler = {"cls": LoopbackScheduler, "options": {
         "host": HOST, "port": 0, "protocol": "tls://", "security": security,
         "dashboard": dashboard,
         "dashboard_address": f"{HOST}:{DASHBOARD_PORT}" if dashboard else None,
     }}
-    worker = {"cls": Nanny, "options": {
+    n_workers = len(env)
+    options = {
         "host": HOST, "protocol": "tls://", "security": security,
         "nthreads": threads_per_worker, "worker_class": QuietWorker,
         "dashboard": False, "dashboard_address": None,
         "memory_limit": parse_memory_limit("auto", 1, n_workers, logger=_log),
         # a failing block is reported once, by the client, as one line
         "silence_logs": logging.CRITICAL,
-    }}
-    # Each worker is told its device: worker i takes GPU i (mod the count) when the
-    # machine has GPUs; a run asking for ``auto`` or ``cuda`` uses it (workers.configure).
-    gpus = cuda_device_count()
-    workers = {i: {"cls": Nanny, "options": {
-        **worker["options"],
-        "env": {DEVICE_ENV: f"cuda:{i % gpus}" if gpus else "cpu"}}}
-        for i in range(n_workers)}
+    }
+    workers = {i: {"cls": Nanny, "options": {**options, "env": dict(env[i])}} for i in env}
     cluster = SpecCluster(scheduler=scheduler, workers=workers,
                           security=security, silence_logs=logging.CRITICAL,
                           name="tilesegment")

@@ -103,6 +103,8 @@ def segment(
     progress: bool = False,
     seed: int = 0,
     protect: tuple[str | Path, ...] = (),
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> np.ndarray | RunSummary:
     """Segment ``source`` tile by tile.
 
@@ -116,6 +118,8 @@ def segment(
     own classes disagree, a seam diagnostic that ``evaluate`` reports.
     ``crf``: a :class:`~tilesegment.models.crf.CRFParams` (or ``True`` for the defaults)
     to refine each block with a fully connected CRF over the block plus the CRF's halo.
+    ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA only) model calls under
+    ``torch.autocast``; ``compile``: ``torch.compile`` the model once per process.
 
     With ``output=None`` returns the stitched result as a numpy array: ``returns="mask"``
     gives class ids ``(H, W)`` uint8/uint16 (nodata = 255/65535), ``"probabilities"`` or
@@ -132,7 +136,8 @@ def segment(
         level=level, mpp=mpp, normalization=normalization,
         save_probabilities=save_probabilities, save_disagreement=save_disagreement, crf=crf,
         returns=returns, overwrite=overwrite, cog=cog, scheduler=scheduler, workers=workers,
-        channels_last=channels_last, progress=progress, seed=seed, protect=protect)
+        channels_last=channels_last, progress=progress, seed=seed, protect=protect,
+        precision=precision, compile=compile)
     with _model_held(plan) as recipe:
         plan = complete_plan(plan)  # the statistics it needs, read once the model is built
         if plan.output.path is None:
@@ -173,7 +178,8 @@ def model_recipe(plan: RunPlan) -> ModelRecipe:
         weights=mdl.weights, seed=mdl.seed, device=plan.execution.device,
         backbone_weights=mdl.backbone_weights,
         batch_size=plan.execution.batch_size, channels_last=plan.execution.channels_last,
-        torch_threads=1))
+        torch_threads=1, precision=plan.execution.precision,
+        compile=plan.execution.compile))
 
 
 @contextlib.contextmanager

@@ -11,8 +11,9 @@ format. So the same model in the next run on a long-lived ``distributed`` worker
 not rebuilt, and a model is never pickled per task.
 
 A worker's device is given to it explicitly (:func:`configure` or ``TILESEGMENT_DEVICE``
-in its environment; ``--local-cluster`` sets ``cuda:i`` for worker *i* when GPUs exist);
-a run asking for ``auto`` or ``cuda`` uses it. Torch's thread count is set so that
+in its environment): ``--devices`` starts one worker per GPU that sees only its own GPU
+(``CUDA_VISIBLE_DEVICES``) and is told ``cuda:0``; ``--local-cluster`` workers are told
+``cpu``. A run asking for ``auto`` or ``cuda`` uses it. Torch's thread count is set so that
 torch threads × Dask threads ≤ cores.
 """
 
@@ -44,10 +45,12 @@ class _Entry:
 
     module: Any
     predictors: dict[tuple, Any] = dataclasses.field(default_factory=dict)
+    compiled: Any = None  # torch.compile of the module on its device, made once
 
 
 _CACHE: OrderedDict[tuple, _Entry] = OrderedDict()
-"""The pool: ``(content key, device, channels_last)`` → built model, least recent first."""
+"""The pool: ``(content key, device, channels_last, compile)`` → built model, least recent
+first."""
 _PINS: Counter[str] = Counter()
 """Runs of this process holding a content key (their local model is kept until released)."""
 _LOCK = threading.Lock()
@@ -83,6 +86,8 @@ class ModelRecipe:
     batch_size: int = 8
     channels_last: bool = True
     torch_threads: int = 1
+    precision: str = "fp32"
+    compile: bool = False
     key: str = ""
 
 
@@ -237,8 +242,10 @@ def get_predictor(recipe: ModelRecipe):
     from tilesegment.infer import Predictor, resolve_device
 
     device = resolve_device(_device_for(recipe.device))
-    key = (recipe.key or content_key(recipe), str(device), recipe.channels_last)
-    settings = (recipe.batch_size, recipe.out_side, recipe.num_classes, recipe.torch_threads)
+    key = (recipe.key or content_key(recipe), str(device), recipe.channels_last,
+           recipe.compile)
+    settings = (recipe.batch_size, recipe.out_side, recipe.num_classes, recipe.torch_threads,
+                recipe.precision)
     with _LOCK:
         entry = _CACHE.get(key)
         if entry is None:
@@ -249,9 +256,17 @@ def get_predictor(recipe: ModelRecipe):
         _trim()
         found = entry.predictors.get(settings)
         if found is None:
-            found = entry.predictors[settings] = Predictor(
+            found = Predictor(
                 entry.module, device, recipe.batch_size, recipe.out_side,
-                recipe.num_classes, recipe.channels_last, threads=recipe.torch_threads)
+                recipe.num_classes, recipe.channels_last, threads=recipe.torch_threads,
+                precision=recipe.precision)
+            if recipe.compile:  # once per model and device in this process
+                if entry.compiled is None:
+                    import torch
+
+                    entry.compiled = torch.compile(found.module)
+                found.forward = entry.compiled
+            entry.predictors[settings] = found
         return found
 
 
@@ -363,6 +378,37 @@ def _device_for(device: str) -> str:
     if device == "cuda" and not mine.startswith("cuda"):
         return device
     return mine
+
+
+def parse_devices(text: str, available: int | None = None) -> tuple[int, ...]:
+    """The CUDA device indices ``--devices`` names: ``all`` or ``cuda:0,cuda:1,…`` (a bare
+    ``0,1`` too). ``available``: how many CUDA devices this machine has (asked of torch when
+    ``None``). A :class:`~tilesegment.errors.ModelError` without any, for an index beyond
+    them, a repeated one or anything else."""
+    from tilesegment.errors import ModelError
+
+    text = text.strip()
+    if available is None:
+        available = cuda_device_count()
+    if available < 1:
+        raise ModelError(f"--devices {text}: no CUDA device is available on this machine "
+                         "(use --local-cluster N for CPU worker processes)")
+    if text == "all":
+        return tuple(range(available))
+    found: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        index = item.removeprefix("cuda:")
+        if not index.isdigit():
+            raise ModelError(f"--devices: {item!r} is not a CUDA device; use "
+                             "cuda:0,cuda:1,… or all")
+        if int(index) >= available:
+            raise ModelError(f"--devices: {item} asked for, but only {available} CUDA "
+                             "device(s) are present")
+        if int(index) in found:
+            raise ModelError(f"--devices: {item} named twice")
+        found.append(int(index))
+    return tuple(found)
 
 
 def cuda_device_count() -> int:

@@ -36,7 +36,8 @@ RUN_SECTIONS = (
                 "block_size")),
     ("Output", ("output_format", "save_probabilities", "save_disagreement", "cog",
                 "overwrite")),
-    ("Execution", ("scheduler", "local_cluster", "dashboard", "workers", "progress")),
+    ("Execution", ("scheduler", "local_cluster", "devices", "dashboard", "workers",
+                   "precision", "compile", "progress")),
     ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
                    "crf_theta_beta", "crf_w2", "crf_theta_gamma")),
     ("Scoring against a truth mask", ("truth", "ignore_index", "instances", "mapping",
@@ -101,11 +102,22 @@ OPTIONS = (
                  help="threads, synchronous, a scheduler address (tcp://host:port) or a "
                    "scheduler file (.json)."),
     click.option("--local-cluster", "local_cluster", type=click.IntRange(min=1),
-                 help="Start a distributed cluster of N worker processes (one per GPU) on "
+                 help="Start a distributed cluster of N CPU worker processes on "
                    "127.0.0.1, closed to other processes (TLS with temporary credentials)."),
+    click.option("--devices", metavar="cuda:0,cuda:1,...|all",
+                 help="Start one worker process per GPU named (each sees only its own GPU, "
+                   "two block tasks in flight), closed like --local-cluster; dask-cuda's "
+                   "LocalCUDACluster when installed."),
     click.option("--dashboard", is_flag=True,
-                 help="With --local-cluster: serve the Dask dashboard on 127.0.0.1 (readable "
-                   "by every local user); without it the cluster runs no HTTP server."),
+                 help="With --local-cluster or --devices: serve the Dask dashboard on "
+                   "127.0.0.1 (readable by every local user); without it the cluster runs "
+                   "no HTTP server."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+                 show_default=True, help="Model calls in float32, or under autocast in "
+                 "bfloat16/float16 (fp16 needs CUDA; bf16 on the CPU is allowed but slow)."),
+    click.option("--compile", "compile", is_flag=True,
+                 help="torch.compile the model (once per worker process; the first blocks "
+                   "wait for the compilation)."),
     click.option("--workers", type=click.IntRange(min=1),
                  help="Concurrent block tasks on the local threaded scheduler (default: one "
                    "per CPU core; each runs torch on one thread)."),
@@ -152,15 +164,34 @@ def plan_options(f):
 
 
 def check_usage(output: str, level: int | None, mpp: float | None, cog: bool,
-                dashboard: bool, local_cluster: int | None) -> None:
+                dashboard: bool, local_cluster: int | None,
+                devices: str | None = None, scheduler: str = "threads",
+                device: str = "auto") -> None:
     """The usage errors Click's own checks cannot express (exit 2)."""
     if level is not None and mpp is not None:
         raise click.UsageError("--level and --mpp are mutually exclusive")
     if cog and not output.lower().endswith((".tif", ".tiff")):
         raise click.UsageError("--cog needs a .tif output")
-    if dashboard and not local_cluster:
-        raise click.UsageError("--dashboard needs --local-cluster (a cluster of your own "
-                               "serves its dashboard itself)")
+    if dashboard and not (local_cluster or devices):
+        raise click.UsageError("--dashboard needs --local-cluster or --devices (a cluster "
+                               "of your own serves its dashboard itself)")
+    check_devices_usage(devices, local_cluster, scheduler, device)
+
+
+def check_devices_usage(devices: str | None, local_cluster: int | None, scheduler: str,
+                        device: str) -> None:
+    """``--devices`` starts the run's own cluster: not with another one, and its workers
+    compute on their GPU (``--device`` auto or cuda)."""
+    if devices is None:
+        return
+    if local_cluster:
+        raise click.UsageError("--devices and --local-cluster are mutually exclusive "
+                               "(--local-cluster N starts N CPU worker processes)")
+    if scheduler not in ("threads", "synchronous"):
+        raise click.UsageError("--devices starts a cluster of its own: drop --scheduler")
+    if device not in ("auto", "cuda"):
+        raise click.UsageError(f"--devices puts each worker on its own GPU: drop --device "
+                               f"{device}")
 
 
 def segment_settings(*, crf: bool, crf_preset: str, crf_iterations: int,

@@ -26,7 +26,7 @@ from tilesegment.cli.sections import SectionedCommand
 def plan(sources: tuple[str, ...], output: str, level: int | None, mpp: float | None,
          cog: bool, local_cluster: int | None, dashboard: bool, scheduler: str,
          progress: bool | None, truth: str | None, as_json: bool,
-         output_format: str | None, **options: Any) -> None:
+         output_format: str | None, devices: str | None, **options: Any) -> None:
     """Print what `run` with the same SOURCE and options would do, without running it.
 
     Reads the raster's metadata only and builds no model (torch is not even imported for a
@@ -38,25 +38,25 @@ def plan(sources: tuple[str, ...], output: str, level: int | None, mpp: float | 
         from tilesegment.cli.run_many import check_many_usage, plan_many
 
         fmt = check_many_usage(truth, output_format, cog)
-        check_usage(f"x.{fmt}", level, mpp, cog, dashboard, local_cluster)
+        check_usage(f"x.{fmt}", level, mpp, cog, dashboard, local_cluster, devices,
+                    scheduler, options["device"])
         for name in TRUTH_ALIGNMENT:
             options.pop(name)
         settings = segment_settings(truth=None, **options)
+        scheduler = _planned_scheduler(scheduler, local_cluster, devices, settings)
         plan_many(sources, output, output_format=fmt, as_json=as_json, settings=dict(
             settings, level=level, mpp=mpp, cog=cog, progress=bool(progress),
-            scheduler=f"local-cluster ({local_cluster} workers)" if local_cluster
-            else scheduler))
+            scheduler=scheduler))
         return
-    check_usage(output, level, mpp, cog, dashboard, local_cluster)
+    check_usage(output, level, mpp, cog, dashboard, local_cluster, devices, scheduler,
+                options["device"])
     from tilesegment.plan import build_plan, describe_plan
     from tilesegment.plan.describe import format_plan
 
     truth_settings = {name: options.pop(name) for name in TRUTH_ALIGNMENT}
     settings = segment_settings(truth=truth, **options)
     check_truth(source, truth, level, mpp, truth_settings)
-    # A --local-cluster run computes in worker processes of its own: a distributed plan
-    # (no cluster is started to plan it).
-    scheduler = f"local-cluster ({local_cluster} workers)" if local_cluster else scheduler
+    scheduler = _planned_scheduler(scheduler, local_cluster, devices, settings)
     run_plan = build_plan(source, output, level=level, mpp=mpp, cog=cog,
                           scheduler=scheduler, progress=bool(progress), resolve=False,
                           **settings)
@@ -65,3 +65,15 @@ def plan(sources: tuple[str, ...], output: str, level: int | None, mpp: float | 
     else:
         for line in format_plan(run_plan):
             click.echo(line)
+
+
+def _planned_scheduler(scheduler: str, local_cluster: int | None, devices: str | None,
+                       settings: dict[str, Any]) -> str:
+    """The scheduler a run with these options would use, as the plan names it. A
+    ``--local-cluster`` or ``--devices`` run computes in worker processes of its own: a
+    distributed plan (no cluster is started to plan it); under ``--devices`` each worker
+    computes on its own GPU."""
+    if devices:
+        settings["device"] = "cuda"
+        return f"gpu pool ({devices})"
+    return f"local-cluster ({local_cluster} workers)" if local_cluster else scheduler

@@ -42,7 +42,7 @@ class Interrupted(KeyboardInterrupt):
 def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | None,
         cog: bool, overwrite: bool, local_cluster: int | None, dashboard: bool,
         scheduler: str, progress: bool | None, classes: int | None, truth: str | None,
-        output_format: str | None, **options: Any) -> None:
+        output_format: str | None, devices: str | None, **options: Any) -> None:
     """Segment SOURCE (GeoTIFF, slide TIFF/SVS/OME-TIFF, or Zarr) into OUTPUT.
 
     Several SOURCEs (or a quoted glob such as 'scenes/*.tif', or @paths.txt with one path
@@ -54,26 +54,30 @@ def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | N
         from tilesegment.cli.run_many import check_many_usage, run_many
 
         fmt = check_many_usage(truth, output_format, cog)
-        check_usage(f"x.{fmt}", level, mpp, cog, dashboard, local_cluster)
+        check_usage(f"x.{fmt}", level, mpp, cog, dashboard, local_cluster, devices,
+                    scheduler, options["device"])
         for name in TRUTH_SETTINGS:
             options.pop(name)
+        settings = segment_settings(truth=None, **options)
+        gpus = _gpu_indices(devices, settings)
         run_many(sources, output, output_format=fmt, overwrite=overwrite,
-                 local_cluster=local_cluster, dashboard=dashboard, scheduler=scheduler,
-                 progress=progress, settings=dict(
-                     segment_settings(truth=None, **options), classes=classes, level=level,
-                     mpp=mpp, cog=cog))
+                 local_cluster=local_cluster, gpus=gpus, dashboard=dashboard,
+                 scheduler=scheduler, progress=progress, settings=dict(
+                     settings, classes=classes, level=level, mpp=mpp, cog=cog))
         return
-    check_usage(output, level, mpp, cog, dashboard, local_cluster)
+    check_usage(output, level, mpp, cog, dashboard, local_cluster, devices, scheduler,
+                options["device"])
     from tilesegment.pipeline import segment
     from tilesegment.write.lock import output_lock
 
     truth_settings = {name: options.pop(name) for name in TRUTH_SETTINGS}
     settings = segment_settings(truth=truth, **options)
+    gpus = _gpu_indices(devices, settings)
     check_truth(source, truth, level, mpp, truth_settings)
     # The output's lock before the cluster starts: a second run onto the same output is
     # refused before it spends anything (segment takes the same lock again, re-entrantly).
-    with _stop_signals_handled(), output_lock(output), _cluster(local_cluster,
-                                                                 dashboard) as client:
+    with _stop_signals_handled(), output_lock(output), _cluster(local_cluster, dashboard,
+                                                                 gpus) as client:
         summary = segment(
             source, output, classes=classes, level=level, mpp=mpp, cog=cog,
             overwrite=overwrite, scheduler=scheduler if client is None else client,
@@ -83,13 +87,26 @@ def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | N
         report_and_print(str(summary.output), truth, classes=classes, **truth_settings)
 
 
+def _gpu_indices(devices: str | None, settings: dict[str, Any]) -> tuple[int, ...]:
+    """The CUDA indices ``--devices`` names (none without it); with it the run computes on
+    CUDA (each worker's own ``cuda:0``)."""
+    if devices is None:
+        return ()
+    from tilesegment.workers import parse_devices
+
+    settings["device"] = "cuda"
+    return parse_devices(devices)
+
+
 @contextlib.contextmanager
-def _cluster(workers: int | None, dashboard: bool) -> Iterator[object]:
-    """The Client of a cluster of ``workers`` processes for this run (None without)."""
-    if not workers:
+def _cluster(workers: int | None, dashboard: bool,
+             gpus: tuple[int, ...] = ()) -> Iterator[object]:
+    """The Client of a cluster of ``workers`` CPU processes, or of one process per GPU
+    index in ``gpus``, for this run (None without either)."""
+    if not workers and not gpus:
         yield None
         return
-    from tilesegment.execute import start_local_cluster
+    from tilesegment.execute import start_gpu_pool, start_local_cluster
 
     # A closed terminal sends SIGHUP, and Ctrl-C SIGINT, to the whole job: this process
     # stops the run and closes the cluster, so its worker processes (and multiprocessing's
@@ -98,7 +115,8 @@ def _cluster(workers: int | None, dashboard: bool) -> Iterator[object]:
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGINT})
     client = None
     try:
-        client = start_local_cluster(workers, dashboard=dashboard)
+        client = (start_gpu_pool(gpus, dashboard=dashboard) if gpus
+                  else start_local_cluster(workers, dashboard=dashboard))
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a pending signal lands here
         if dashboard:
             click.echo(f"dashboard: {client.dashboard_link}", err=True)

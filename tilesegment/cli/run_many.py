@@ -50,8 +50,9 @@ def check_many_usage(truth: str | None, output_format: str | None, cog: bool) ->
 
 
 def run_many(sources: tuple[str, ...], output: str, *, output_format: str,
-             overwrite: bool, local_cluster: int | None, dashboard: bool, scheduler: str,
-             progress: bool | None, settings: dict[str, Any]) -> None:
+             overwrite: bool, local_cluster: int | None, gpus: tuple[int, ...],
+             dashboard: bool, scheduler: str, progress: bool | None,
+             settings: dict[str, Any]) -> None:
     """Run every input into the folder ``output``, print the table; exit 1 if any failed."""
     from tilesegment.cli.run import _cluster, _stop_signals_handled
     from tilesegment.many import expand_sources, many_outputs, segment_many
@@ -66,7 +67,7 @@ def run_many(sources: tuple[str, ...], output: str, *, output_format: str,
 
     try:
         with warnings.catch_warnings(), _stop_signals_handled(), _cluster(
-                local_cluster, dashboard) as client:
+                local_cluster, dashboard, gpus) as client:
             warnings.showwarning = _once(warnings.showwarning)
             segment_many(
                 paths, output, output_format=output_format, overwrite=overwrite,

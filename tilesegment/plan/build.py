@@ -26,6 +26,7 @@ from tilesegment.errors import (
     RandomWeightsWarning,
     SeamWarning,
     SettingError,
+    SlowPrecisionWarning,
     TilesegmentError,
 )
 from tilesegment.grid import (
@@ -93,6 +94,8 @@ def build_plan(
     progress: bool = False,
     seed: int = 0,
     protect: tuple[str | Path, ...] = (),
+    precision: str = "fp32",
+    compile: bool = False,
     resolve: bool = True,
 ) -> RunPlan:
     """The :class:`RunPlan` of ``segment(source, output, **settings)`` (same arguments),
@@ -109,6 +112,7 @@ def build_plan(
                     batch_size=batch_size, block_size=block_size, device=device,
                     normalization=normalization, save_disagreement=save_disagreement,
                     workers=workers)
+    _check_precision(precision, device)
     if crf is not None and crf is not False:
         from tilesegment.models.crf import require_pydensecrf
 
@@ -194,8 +198,27 @@ def build_plan(
             tiles=rows * cols, batch_size=batch_size, device=device,
             device_type=_device_type(device), channels_last=bool(channels_last),
             scheduler=scheduler, local=local, workers=n_workers, progress=bool(progress),
-            task_memory=memory))
+            task_memory=memory, precision=precision, compile=bool(compile)))
     return replace(plan, fingerprint=fingerprint(plan))
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _check_precision(precision: Any, device: str) -> None:
+    """fp16 on the CPU is refused (half-precision CPU kernels are missing or very slow);
+    bf16 there is allowed with a warning."""
+    if precision not in PRECISIONS:
+        raise SettingError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                           f"not {precision!r}")
+    if precision == "fp32" or _device_type(device) == "cuda":
+        return
+    if precision == "fp16":
+        raise SettingError("--precision fp16 needs a CUDA device; on the CPU use fp32 "
+                           "(or bf16, slower on most CPUs)")
+    warnings.warn("--precision bf16 on the CPU: allowed, but usually slower than fp32 "
+                  "there (only CPUs with AMX/AVX512-BF16 speed it up)", SlowPrecisionWarning,
+                  stacklevel=4)
 
 
 def _model_plan(model, mspec, kind, msource, card, module, resolved, weights,

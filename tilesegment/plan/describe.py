@@ -47,6 +47,7 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
                       "scheduler": exe.scheduler if isinstance(exe.scheduler, str | None)
                       else type(exe.scheduler).__name__,
                       "workers": exe.workers, "progress": exe.progress,
+                      "precision": exe.precision, "compile": exe.compile,
                       "task_memory_bytes": exe.task_memory},
         "fingerprint": plan.fingerprint,
     }
@@ -101,6 +102,7 @@ def format_plan(plan: RunPlan) -> list[str]:
         f"tiles        {exe.tiles} in {exe.blocks} block{'s' if exe.blocks != 1 else ''} "
         f"of {exe.block[0]} × {exe.block[1]} px",
         f"memory       {memory} per block task (batch {exe.batch_size}, {exe.device_type})",
+        f"precision    {exe.precision}{', torch.compile' if exe.compile else ''}",
         f"output       {target}",
         f"layers       {', '.join(out.layers)}",
         f"fingerprint  {plan.fingerprint}",

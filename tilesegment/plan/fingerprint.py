@@ -8,7 +8,8 @@ and value, blend and margin; the normalisation mode with an explicit mean/std; t
 parameters; the output kind, layers and ``cog`` (or what an in-memory run returns); the
 device type computing the floats and, only on CUDA, the batch size and memory format
 (cuDNN picks kernels by shape; on the CPU each model call is one tile, see
-:mod:`tilesegment.infer`); the output format version.
+:mod:`tilesegment.infer`); the precision (``fp32``/``bf16``/``fp16``) and whether the model
+is ``torch.compile``'d (its fused kernels round differently); the output format version.
 
 OUT: block size, workers, scheduler, progress, overwrite, the output path, the names used
 for paths. No torch, no pixel read.
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 """Bumped when what goes into the fingerprint changes."""
 
 
@@ -90,7 +91,8 @@ def fingerprint_fields(plan: Any) -> dict[str, Any]:
                    "returns": out.returns if out.path is None else None},
         "device": {"type": exe.device_type,
                    "batch_size": exe.batch_size if on_cuda else None,
-                   "channels_last": exe.channels_last if on_cuda else None},
+                   "channels_last": exe.channels_last if on_cuda else None,
+                   "precision": exe.precision, "compile": exe.compile},
     }
 
 

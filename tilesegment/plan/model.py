@@ -188,6 +188,8 @@ class ExecutionPlan:
     workers: int
     progress: bool
     task_memory: float | None = None
+    precision: str = "fp32"
+    compile: bool = False
 
 
 @dataclass(frozen=True)

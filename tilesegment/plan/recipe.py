@@ -45,7 +45,8 @@ RECIPE_KEYS: dict[str, dict[str, str]] = {
     "execution": {"block_size": "block_size", "batch_size": "batch_size", "device": "device",
                   "channels_last": "channels_last", "scheduler": "scheduler",
                   "workers": "workers", "progress": "progress",
-                  "local_cluster": "local_cluster", "dashboard": "dashboard"},
+                  "local_cluster": "local_cluster", "dashboard": "dashboard",
+                  "devices": "devices", "precision": "precision", "compile": "compile"},
     "truth": {"path": "truth", "ignore_index": "ignore_index", "instances": "instances",
               "map": "mapping", "allow_crs_alias": "allow_crs_alias",
               "resample_truth": "resample_truth", "seam_width": "seam_width", "core": "core",
@@ -53,9 +54,9 @@ RECIPE_KEYS: dict[str, dict[str, str]] = {
 }
 """Table → key → the setting it gives (the name of ``run``'s parameter; ``normalization_
 mean``/``_std`` and ``channels_last`` exist only in the Python API, ``[truth]``,
-``local_cluster`` and ``dashboard`` only on the command line)."""
+``local_cluster``, ``devices`` and ``dashboard`` only on the command line)."""
 
-CLI_ONLY = frozenset(RECIPE_KEYS["truth"].values()) | {"local_cluster", "dashboard"}
+CLI_ONLY = frozenset(RECIPE_KEYS["truth"].values()) | {"local_cluster", "dashboard", "devices"}
 PYTHON_ONLY = frozenset({"normalization_mean", "normalization_std", "channels_last"})
 
 
