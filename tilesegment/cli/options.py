@@ -34,7 +34,7 @@ RUN_SECTIONS = (
                "seed")),
     ("Tiling", ("tile", "halo", "pad_mode", "pad_value", "blend", "batch_size",
                 "block_size")),
-    ("Output", ("save_probabilities", "save_disagreement", "cog", "overwrite")),
+    ("Output", ("save_probabilities", "save_disagreement", "cog", "overwrite", "resume")),
     ("Execution", ("scheduler", "local_cluster", "dashboard", "workers", "progress")),
     ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
                    "crf_theta_beta", "crf_w2", "crf_theta_gamma")),
@@ -90,7 +90,8 @@ OPTIONS = (
     click.option("--save-disagreement", is_flag=True, help="With --blend gaussian: also write "
                  "where overlapping tiles disagree on the class (a seam diagnostic)."),
     click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews."),
-    click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing output (or discard "
+                 "an unfinished run of it)."),
     click.option("--scheduler", default="threads", show_default=True,
                  callback=_check_scheduler,
                  help="threads, synchronous, a scheduler address (tcp://host:port) or a "
@@ -184,6 +185,13 @@ def check_truth(source: str, truth: str | None, level: int | None, mpp: float | 
     check_truth_for_run(source, truth, level=level, mpp=mpp,
                         allow_crs_alias=truth_settings.get("allow_crs_alias", False),
                         resample_truth=truth_settings.get("resample_truth", False))
+
+
+RESUME_OPTION = click.option(
+    "--resume", is_flag=True,
+    help="Finish the unfinished run of OUTPUT (interrupted, failed or killed): only the "
+    "blocks it did not store are computed. Refused if its settings differ.")
+"""``run`` only: ``plan`` plans a run from scratch."""
 
 
 TRUTH_SETTINGS = ("ignore_index", "instances", "mapping", "allow_crs_alias", "resample_truth",
