@@ -2,7 +2,7 @@
 
 The input (:func:`write_positions`) carries each pixel's position: band 0 its row, band 1
 its column (float32, ``--normalize none``), so a tile's top-left pixel names it. Each model
-call appends one line per tile, ``<row> <col>``, to the file ``$TS_CALL_LOG`` (when set),
+call appends one line per tile, ``<row> <col> <pid>``, to the file ``$TS_CALL_LOG`` (when set),
 sleeps ``$TS_CALL_SLEEP`` seconds (default 0), and calls ``os._exit(1)`` when band 2 of a
 tile holds :data:`CRASH` (a block that kills its worker every time). The output is a seeded
 1×1 convolution of the tile: ``float32[N, 3, T, T]`` → ``float32[N, 2, T, T]``.
@@ -36,7 +36,8 @@ class Watched(nn.Module):
             log = os.environ.get("TS_CALL_LOG")
             if log:
                 with open(log, "a") as f:
-                    f.writelines(f"{int(x[n, 0, 0, 0])} {int(x[n, 1, 0, 0])}\n" for n in real)
+                    f.writelines(f"{int(x[n, 0, 0, 0])} {int(x[n, 1, 0, 0])} {os.getpid()}\n"
+                                 for n in real)
             time.sleep(float(os.environ.get("TS_CALL_SLEEP", "0")))
         return self.conv(x)
 
