@@ -263,8 +263,7 @@ class Output(ABC):
         """Take over the unfinished block store at ``root`` (same fingerprint, its writer
         gone) instead of creating one: its manifest's blocks are kept. OutputError when
         its block shape or layers are not this output's."""
-        from tilesegment.write.stores import store_record
-        from tilesegment.write.zarr_output import BlockStore
+        from tilesegment.write.manifest import store_record
 
         record = store_record(root)
         shape, layers = record.get("block_shape"), record.get("layers")
@@ -276,7 +275,7 @@ class Output(ABC):
         if layers is not None and list(layers) != list(self.meta.layers):
             raise OutputError(f"cannot resume {self.path}: the unfinished run there holds "
                               f"the layers {layers}, this one {list(self.meta.layers)}")
-        self.store = BlockStore(root, self.meta)
+        self.store = type(self.store)(root, self.meta)  # the kind's BlockStore, reopened
         self.store.claim(self.run_id, writer_record())
         self._claimed = root
         self.resumed = True

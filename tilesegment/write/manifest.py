@@ -25,10 +25,21 @@ from typing import Any
 import numpy as np
 
 from tilesegment.errors import OutputError
-from tilesegment.write import atomic
+from tilesegment.write import atomic, layout
 
 DONE_DIR = "done"
 """The folder of a block store holding one marker file per block stored."""
+
+
+def store_record(root: Path) -> dict[str, Any]:
+    """The ``tilesegment`` attribute of the block store at ``root`` (its ``zarr.json`` read
+    as JSON; ``{}`` when unreadable)."""
+    try:
+        doc = json.loads((root / layout.ZARR_JSON).read_text(encoding="utf-8"))
+        attrs = (doc.get("attributes") or {}).get(layout.ZARR_ATTRS_KEY)
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def marker_path(root: Path, row0: int, col0: int) -> Path:

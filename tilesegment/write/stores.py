@@ -221,14 +221,7 @@ def _progress(root: Path) -> str:
     return f"{done} of {total} blocks done" if total else f"{done} blocks done"
 
 
-def store_record(root: Path) -> dict[str, Any]:
-    """The ``tilesegment`` attribute of the block store at ``root`` (read as JSON)."""
-    try:
-        doc = json.loads((root / layout.ZARR_JSON).read_text(encoding="utf-8"))
-        attrs = (doc.get("attributes") or {}).get(layout.ZARR_ATTRS_KEY)
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return attrs if isinstance(attrs, dict) else {}
+store_record = manifest.store_record
 
 
 def _total_blocks(root: Path) -> int | None:
