@@ -1,9 +1,11 @@
 """The :class:`Output` contract shared by the Zarr and GeoTIFF writers.
 
-An output goes ``open`` → ``finalized`` (visible under its final name) or ``open`` →
-``aborted`` (nothing left but what was there before). Block writes may come from many
-threads, or from unpickled copies in other processes; ``finalize`` and ``abort`` are called
-once, by whoever created the output.
+An output goes ``open`` → ``finalized`` (visible under its final name), ``open`` →
+``aborted`` (nothing left but what was there before), or ``open`` → ``kept`` (:meth:`Output.
+keep`: a failed or interrupted run's block store, with its manifest of finished blocks,
+left for a resume; ``create_output(..., resume=True)`` reopens it). Block writes may come
+from many threads, or from unpickled copies in other processes; ``finalize``, ``abort`` and
+``keep`` are called once, by whoever created the output.
 
 The block store of an output (:func:`~tilesegment.write.layout.block_store_path`) is named
 by :attr:`Output.store_key`: the run plan's fingerprint when the run has one, else the
@@ -30,7 +32,7 @@ from tilesegment.errors import InputError, OutputError
 from tilesegment.write import atomic, guard, layout
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta
 
-OPEN, FINALIZED, ABORTED = "open", "finalized", "aborted"
+OPEN, FINALIZED, ABORTED, KEPT = "open", "finalized", "aborted", "kept for a resume"
 
 _open_outputs: weakref.WeakSet[Output] = weakref.WeakSet()
 """The outputs created in this process and not yet finalized or aborted."""
@@ -296,7 +298,7 @@ class Output(ABC):
         if not self.fingerprint or not self.done_blocks():
             self.abort()
             return None
-        self._state = ABORTED
+        self._state = KEPT
         _open_outputs.discard(self)
         self.store.close(timeout)
         for final in self.final_paths:
@@ -348,8 +350,8 @@ class Output(ABC):
         """
         if self._state == FINALIZED:
             return self.path
-        if self._state == ABORTED:
-            raise OutputError(f"cannot finalize {self.path}: the run was aborted")
+        if self._state in (ABORTED, KEPT):
+            raise OutputError(f"cannot finalize {self.path}: the run was {self._state}")
         self._finalize()
         self._state = FINALIZED
         _open_outputs.discard(self)
