@@ -10,6 +10,7 @@ undisturbed threaded run: the decoded mask and, for Zarr, every chunk file byte 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -227,7 +228,9 @@ def test_a_block_that_kills_its_worker_is_named_and_the_others_are_kept(tmp_path
     store = store_of(tmp_path, "out.zarr")
     kept = manifest(store)
     assert kept and CRASH_AT not in kept
-    assert f"{len(kept)} of {len(BLOCKS)} blocks are done" in lines[0]
+    # counted while the cluster still ran: its workers may have recorded a few more since
+    said = re.search(rf"(\d+) of {len(BLOCKS)} blocks are done", lines[0])
+    assert said is not None and 0 < int(said.group(1)) <= len(kept), lines[0]
     assert not out.exists()
 
 

@@ -85,6 +85,10 @@ def keep_store(target: Any, exc: BaseException, total: int) -> None:
 
 
 def kept_line(kept: tuple[int, int, Path]) -> str:
-    """The CLI's words for what an interrupted run kept."""
+    """The CLI's words for what an interrupted run kept. The blocks are counted again: the
+    worker processes of a cluster may have recorded a few more until it was closed."""
+    from tilesegment.write.manifest import count_done
+
     done, total, store = kept
-    return (f"{done} of {total} blocks kept in {store.name}; {RESUME_HINT} to finish.")
+    done = max(done, count_done(store))
+    return f"{done} of {total} blocks kept in {store.name}; {RESUME_HINT} to finish."
