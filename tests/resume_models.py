@@ -3,9 +3,10 @@
 The input (:func:`write_positions`) carries each pixel's position: band 0 its row, band 1
 its column (float32, ``--normalize none``), so a tile's top-left pixel names it. Each model
 call appends one line per tile, ``<row> <col> <pid>``, to the file ``$TS_CALL_LOG`` (when set),
-sleeps ``$TS_CALL_SLEEP`` seconds (default 0), and calls ``os._exit(1)`` when band 2 of a
-tile holds :data:`CRASH` (a block that kills its worker every time). The output is a seeded
-1×1 convolution of the tile: ``float32[N, 3, T, T]`` → ``float32[N, 2, T, T]``.
+sleeps ``$TS_CALL_SLEEP`` seconds (default 0), calls ``os._exit(1)`` when band 2 of a
+tile holds :data:`CRASH` (a block that kills its worker every time), and raises when it
+holds :data:`FAULT` while ``$TS_FAULT`` is set (a model error, fixed by unsetting it). The
+output is a seeded 1×1 convolution: ``float32[N, 3, T, T]`` → ``float32[N, 2, T, T]``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import nn
 
 CRASH = -7.0
 """A band-2 value that makes the model end its process."""
+FAULT = -9.0
+"""A band-2 value that makes the model raise (while ``$TS_FAULT`` is set)."""
 
 
 class Watched(nn.Module):
@@ -33,6 +36,9 @@ class Watched(nn.Module):
         if real:
             if any(bool((x[n, 2] == CRASH).any()) for n in real):
                 os._exit(1)
+            if os.environ.get("TS_FAULT") and any(bool((x[n, 2] == FAULT).any())
+                                                  for n in real):
+                raise RuntimeError("model fault at the marker")
             log = os.environ.get("TS_CALL_LOG")
             if log:
                 with open(log, "a") as f:

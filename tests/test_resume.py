@@ -311,6 +311,47 @@ def test_disk_full_keeps_the_finished_blocks_and_resumes_once_freed(tmp_path, sm
     assert sorted(p.name for p in small_disk.iterdir()) == ["out.zarr"]
 
 
+def test_a_failed_block_keeps_the_others_and_resume_in_python_finishes(tmp_path, monkeypatch):
+    """``segment()`` in-process: a model error in one block keeps the finished blocks (the
+    error says so); ``resume=True`` with another explicit block size is refused naming
+    both; with the error fixed it computes only the missing blocks, and the result and the
+    summary's counts equal an undisturbed run's."""
+    import rasterio
+
+    from tests.resume_models import FAULT
+    from tilesegment import segment
+    from tilesegment.errors import GeometryError
+
+    src = write_positions(tmp_path / "in.tif")
+    with rasterio.open(src, "r+") as ds:
+        band = ds.read(3)
+        band[200, 210] = FAULT  # block (192, 192)
+        ds.write(band, 3)
+    settings = dict(model="tests.resume_models:build", classes=2, tile=32, halo=0,
+                    block_size=BLOCK, normalization="none", workers=1)
+    out = tmp_path / "out.zarr"
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("TS_CALL_LOG", str(log))
+    monkeypatch.setenv("TS_FAULT", "1")
+    with pytest.raises(RuntimeError, match="model fault") as failed:
+        segment(src, out, **settings)
+    store = store_of(tmp_path, "out.zarr")
+    kept = manifest(store)
+    assert kept and (192, 192) not in kept and not out.exists()
+    note = " ".join(getattr(failed.value, "__notes__", []))
+    assert f"{len(kept)} of {len(BLOCKS)} blocks are done" in note and "--resume" in note
+    with pytest.raises(GeometryError, match=r"--block-size 64 .*32x32.*--block-size 32"):
+        segment(src, out, **{**settings, "block_size": 64}, resume=True)
+    monkeypatch.delenv("TS_FAULT")
+    log.unlink()
+    summary = segment(src, out, **{**settings, "block_size": None}, resume=True)
+    assert {(r, c) for r, c, _ in called(log)} == BLOCKS - kept
+    assert summary.blocks == len(BLOCKS) and summary.tiles == len(BLOCKS)
+    want = segment(src, None, **settings)
+    assert np.array_equal(read_mask(out), want)
+    assert summary.class_counts.tolist() == np.bincount(want.ravel(), minlength=2).tolist()
+
+
 def test_staged_geotiffs_of_a_killed_run_are_swept_under_the_lock(tmp_path):
     """What a run killed while writing its GeoTIFFs leaves (the staged layer, a COG's
     ``.tiled`` stage, GDAL's ``.ovr.tmp``) is removed by the next run onto that output;
