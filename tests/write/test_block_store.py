@@ -233,6 +233,22 @@ def test_a_leftover_of_the_same_fingerprint_is_resumed(tmp_path, name):
         assert not (final / "done").exists()  # the manifest is not part of the output
 
 
+def test_resume_with_overwrite_resumes_its_own_run_and_discards_others(tmp_path):
+    """``resume`` and ``overwrite`` together (a run that was replacing an output): the
+    store of the same settings is resumed, one of other settings is discarded."""
+    final = tmp_path / "out.zarr"
+    other = leftover(final, FP_B)
+    aside = other.rename(tmp_path / "aside")  # two dead runs' stores: made one at a time
+    store = leftover(final, FP_A)
+    aside.rename(other)
+    with pytest.warns(StaleOutputWarning, match="discarded"):
+        out = create_output(final, make_meta(), fingerprint=FP_A, resume=True,
+                            overwrite=True)
+    assert out.store.root == store and set(out.done_blocks()) == {(0, 0)}
+    assert not other.exists()
+    out.abort()
+
+
 def test_resume_with_other_settings_lists_them(tmp_path):
     final = tmp_path / "out.zarr"
     out = create_output(final, make_meta(), fingerprint=FP_A,

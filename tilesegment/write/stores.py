@@ -165,13 +165,14 @@ def clear_stale(final: Path, fingerprint: str | None, finals: Iterable[Path] = (
     docstring. Returns the unfinished store of ``fingerprint`` to resume (only with
     ``resume``), else None.
 
-    An unfinished store with a fingerprint (a resumable run whose writer is gone) is removed
-    with ``overwrite``, kept for ``resume`` when its fingerprint is ``fingerprint``, and
-    otherwise refused (:class:`~tilesegment.errors.UnfinishedOutputError`: with ``resume``
-    listing the ``settings`` that differ, without it naming ``--resume`` and
-    ``--overwrite``). Other leftovers (complete old outputs, stores without a fingerprint,
-    old trees, a GeoTIFF's staged files) are removed with one warning line each. Never
-    raises for what it cannot remove: that is left, with a warning."""
+    An unfinished store with a fingerprint and a block done (a resumable run whose writer is
+    gone) is kept for ``resume`` when its fingerprint is ``fingerprint`` (with ``overwrite``
+    too: the run was replacing an output), else removed with ``overwrite``, and otherwise
+    refused (:class:`~tilesegment.errors.UnfinishedOutputError`: with ``resume`` listing
+    the ``settings`` that differ, without it naming ``--resume`` and ``--overwrite``).
+    Other leftovers (complete old outputs, stores without a fingerprint or with no block
+    done, old trees, a GeoTIFF's staged files) are removed with one warning line each.
+    Never raises for what it cannot remove: that is left, with a warning."""
     locked = lock.holds(final)
     live = open_store_roots()
     unfinished: list[FoundStore] = []
@@ -188,7 +189,8 @@ def clear_stale(final: Path, fingerprint: str | None, finals: Iterable[Path] = (
             _warn(f"left the block store {path} in place: {busy}")
             continue
         resumable = store.fingerprint is not None and not store.complete
-        if resumable and not overwrite and manifest.count_done(path):
+        wanted = resume and fingerprint is not None and store.fingerprint == fingerprint
+        if resumable and (wanted or not overwrite) and manifest.count_done(path):
             unfinished.append(store)
             continue
         amount = _remove(path, "the stale block store")
