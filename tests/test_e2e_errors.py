@@ -145,7 +145,7 @@ def test_corrupt_block_of_real_slide(shared_data: Path, tmp_path: Path, suffix: 
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".tif"])
-def test_corrupt_block_midway_removes_written_blocks(tmp_path: Path, suffix: str,
+def test_corrupt_block_midway_keeps_written_blocks_for_resume(tmp_path: Path, suffix: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     source = write_tiled(tmp_path / "jpeg.tif", compression="jpeg")
     offsets, counts, _, _ = block_layout(source)
@@ -174,9 +174,14 @@ def test_corrupt_block_midway_removes_written_blocks(tmp_path: Path, suffix: str
                          "--workers", "3"), 1)
     assert "jpeg.tif" in line and f"block {bad}" in line
     assert spy.blocks >= 1, "some blocks should have been written before the failure"
-    assert spy.roots and not any(root.exists() for root in spy.roots)
+    # the finished blocks are kept, hidden, for --resume once the input is fixed
+    (root,) = spy.roots
+    done = sorted(p.name for p in (root / "done").iterdir())
+    assert len(done) >= 1 and f"{len(done)} of " in line and "--resume" in line
     assert not out.exists()
-    assert listing(tmp_path) == before
+    assert {name for name in listing(tmp_path) if not name.startswith(root.name)} == before
+    again = failed(invoke("run", source, "-o", out, *IDENTITY, "--block-size", "32"), 1)
+    assert "--resume" in again and "--overwrite" in again  # not silently started over
 
 
 # -- existing outputs -----------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_second_ctrl_c_exits_at_once_without_traceback(tmp_path):
     assert len(lines) in (1, 2), run.stderr
     assert lines[0] in ("Interrupted: partial output removed.",
                         "SIGINT again: stopped at once (a hidden .<output>.partial-* may be "
-                        "left)")
+                        "left: --resume finishes it)")
 
 
 SECOND_SIGNAL = """
@@ -136,7 +136,7 @@ def test_second_signal_during_cleanup_ends_the_process_at_once(second):
     assert proc.returncode == 128 + second
     name = signal.Signals(second).name
     assert err.splitlines() == [f"{name} again: stopped at once (a hidden "
-                                ".<output>.partial-* may be left)"]
+                                ".<output>.partial-* may be left: --resume finishes it)"]
 
 
 def _sentinel(signum, frame) -> None:  # pragma: no cover - never called

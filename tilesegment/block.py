@@ -34,8 +34,9 @@ from tilesegment.workers import ModelRecipe, get_predictor
 
 Window = tuple[int, int, int, int]
 
-__all__ = ["BlockJob", "BlockResult", "agreeing_probabilities", "blank_faults", "block_array",
-           "merge_block", "merge_window", "segment_block", "softmax", "to_mask", "write_block"]
+__all__ = ["BlockJob", "BlockResult", "RunStopped", "agreeing_probabilities", "blank_faults",
+           "block_array", "merge_block", "merge_window", "request_stop", "segment_block",
+           "softmax", "to_mask", "write_block"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class BlockJob:
     crf: Any = None          # CRFParams: refine each block with a dense CRF
     crf_range: Any = None    # the raster's value range mapped to 8-bit for the CRF
     refiners: tuple[Refiner, ...] = ()  # further refiners, run before the CRF
+    run_id: str | None = None  # names the run for request_stop (None: never stopped)
 
     def splitter(self) -> Splitter:
         """The splitter of this job's raster, tiling and normalisation."""
@@ -86,6 +88,27 @@ class BlockResult:
         """Pixels with non-finite input values and with non-finite logits."""
         return {"nonfinite": 0 if self.nonfinite is None else int(self.nonfinite.sum()),
                 "faults": 0 if self.faults is None else int(self.faults.sum())}
+
+
+_stopped: set[str] = set()
+"""Run ids whose block tasks must stop (in this process: the threaded scheduler's)."""
+
+
+class RunStopped(Exception):
+    """Raised in a block task of a run that was stopped (Ctrl-C, SIGTERM, a failed block)."""
+
+
+def request_stop(run_id: str | None) -> None:
+    """Make the block tasks of run ``run_id`` running in this process stop at their next
+    batch of tiles (and those not started yet stop at once)."""
+    if run_id is not None:
+        _stopped.add(run_id)
+
+
+def check_stop(job: BlockJob) -> None:
+    """:class:`RunStopped` when ``job``'s run was asked to stop."""
+    if job.run_id is not None and job.run_id in _stopped:
+        raise RunStopped(job.run_id)
 
 
 def blank_faults(result: BlockResult) -> BlockResult:
@@ -127,15 +150,17 @@ def segment_block(job: BlockJob, window: Window) -> BlockResult:
 
 def merge_block(job: BlockJob, window: Window) -> BlockResult:
     """Split → infer → merge with the job's pooled model (see :func:`merge_window`)."""
+    check_stop(job)
     return merge_window(job.splitter(), get_predictor(job.recipe), window,
-                        job.recipe.num_classes)
+                        job.recipe.num_classes, stop=lambda: check_stop(job))
 
 
 def merge_window(splitter: Splitter, predictor: Any, window: Window,
-                 num_classes: int) -> BlockResult:
+                 num_classes: int, stop: Any = None) -> BlockResult:
     """Split → infer → merge: every tile whose used output touches ``window``, run through
     ``predictor`` (``(N, C, T, T) → (N, K, o, o)``, with a ``batch_size``) one batch at a
-    time and merged into the block; model faults blanked (:func:`blank_faults`)."""
+    time and merged into the block; model faults blanked (:func:`blank_faults`). ``stop``
+    (a callable) is called before each batch: it raises to end the task early."""
     spec = splitter.spec
     stack = splitter.read(window, splitter.tiles_for(window))
     merger = merger_for(spec.blend)(spec, window, num_classes)
@@ -143,6 +168,8 @@ def merge_window(splitter: Splitter, predictor: Any, window: Window,
     crop = getattr(merger, "core_crop", None)
     crop = crop(spec) if crop is not None and getattr(predictor, "crops", False) else None
     for tiles, batch in stack.batches(predictor.batch_size):
+        if stop is not None:
+            stop()
         merger.add(tiles, predictor(batch) if crop is None else predictor(batch, crop=crop))
     result = BlockResult(merger.result(), stack.valid, len(stack), merger.disagreement(),
                          nonfinite=stack.nonfinite)
@@ -237,8 +264,12 @@ def write_block(job: BlockJob, window: Window, with_probabilities: bool,
     if with_disagreement:
         disagreement = result.disagreement.astype(np.uint8)
         disagreement[~result.valid] = 255
-    output.write_block(window[0], window[2], mask, probs, disagreement=disagreement)
     k = job.recipe.num_classes
     counts = np.bincount(mask[result.valid].ravel(), minlength=k)[:k]
-    return {"counts": counts.astype(np.int64), "nodata": int((~result.valid).sum()),
+    done = {"counts": counts.astype(np.int64), "nodata": int((~result.valid).sum()),
             "tiles": result.tiles, **result.counts()}
+    check_stop(job)
+    # recorded with the block in the store's manifest: a resumed run sums these counts
+    output.write_block(window[0], window[2], mask, probs, disagreement=disagreement,
+                       result=done)
+    return done

@@ -50,6 +50,20 @@ class OutputLockedError(OutputError):
     """Another run is writing the same output (it holds the output's lock file)."""
 
 
+class UnfinishedOutputError(OutputError):
+    """The output has an unfinished run (its block store, writer gone): refused without
+    ``resume`` or ``overwrite``, or ``resume`` with other settings."""
+
+
+class BlockFailedError(TilesegmentError, RuntimeError):
+    """A block task failed in a way that names no other cause: it killed every worker
+    process that ran it."""
+
+
+class ResumeWarning(UserWarning):
+    """``resume`` was asked for but there was nothing to resume: the run starts afresh."""
+
+
 class SeamWarning(UserWarning):
     """A halo below the model's receptive field, or cores off its output-stride grid."""
 

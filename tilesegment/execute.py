@@ -37,9 +37,20 @@ def compute(tasks: list, scheduler: Any = None, workers: int = 1, progress: bool
                 with contextlib.redirect_stdout(sys.stderr):
                     show(futures)
             return client.gather(futures)
-        except BaseException:
+        except BaseException as exc:
             client.cancel(futures)  # stop the other blocks: the run has failed
+            _raise_named(exc)
             raise
+
+
+def _raise_named(exc: BaseException) -> None:
+    """A task that killed every worker it ran on (``KilledWorker``) is reported by its
+    block's position (:func:`tilesegment.resume.killed_block`)."""
+    from tilesegment.resume import killed_block
+
+    named = killed_block(exc)
+    if named is not None:
+        raise named from None
 
 
 class _CancelledGatherFilter(logging.Filter):

@@ -105,6 +105,7 @@ def segment(
     protect: tuple[str | Path, ...] = (),
     precision: str = "fp32",
     compile: bool = False,
+    resume: bool = False,
 ) -> np.ndarray | RunSummary:
     """Segment ``source`` tile by tile.
 
@@ -127,10 +128,15 @@ def segment(
     writes it and returns a :class:`RunSummary`. The output never replaces, contains or lies
     inside a file the run reads (the source, the weights, and ``protect``: e.g. a truth mask),
     whatever ``overwrite`` says.
+
+    An interrupted or failed run keeps the blocks it finished (in a hidden block store
+    beside ``output``); ``resume=True`` finishes it, computing only the blocks not done
+    (refused when its settings differ; without an unfinished run it just runs). A run onto
+    an output with an unfinished run needs ``resume`` or ``overwrite`` (which discards it).
     """
     started = time.perf_counter()
-    plan = build_plan(
-        source, output, model=model, weights=weights, backbone_weights=backbone_weights,
+    settings = dict(
+        model=model, weights=weights, backbone_weights=backbone_weights,
         classes=classes, tile=tile, halo=halo, pad_mode=pad_mode, pad_value=pad_value,
         blend=blend, batch_size=batch_size, block_size=block_size, device=device,
         level=level, mpp=mpp, normalization=normalization,
@@ -138,11 +144,18 @@ def segment(
         returns=returns, overwrite=overwrite, cog=cog, scheduler=scheduler, workers=workers,
         channels_last=channels_last, progress=progress, seed=seed, protect=protect,
         precision=precision, compile=compile)
+    plan = build_plan(source, output, **settings)
+    if resume and plan.output.path is not None:
+        from tilesegment.resume import resume_plan
+
+        plan = resume_plan(
+            plan, lambda side: build_plan(source, output, **{**settings, "block_size": side}),
+            block_size)
     with _model_held(plan) as recipe:
         plan = complete_plan(plan)  # the statistics it needs, read once the model is built
         if plan.output.path is None:
             return execute_in_memory(plan, recipe)
-        with _output(plan) as target:
+        with _output(plan, resume) as target:
             results = execute(plan, recipe, target)
             path = target.finalize()
     return publish(plan, path, results, started)
@@ -183,8 +196,12 @@ def model_recipe(plan: RunPlan) -> ModelRecipe:
 
 
 @contextlib.contextmanager
-def _output(plan: RunPlan) -> Iterator[Any]:
-    """The output being written (removed again if anything below fails)."""
+def _output(plan: RunPlan, resume: bool = False) -> Iterator[Any]:
+    """The output being written (or the unfinished one resumed). If anything below fails
+    or is interrupted, its finished blocks are kept for a resume, or, with none finished,
+    it is removed (:func:`~tilesegment.resume.keep_store`)."""
+    from tilesegment.plan.fingerprint import flat_fields
+    from tilesegment.resume import keep_store
     from tilesegment.write import OutputMeta, create_output
 
     mdl, out = plan.model, plan.output
@@ -195,11 +212,12 @@ def _output(plan: RunPlan) -> Iterator[Any]:
         save_probabilities=out.probabilities, save_disagreement=out.disagreement,
         provenance=provenance(plan))
     target = create_output(out.given, meta, overwrite=out.overwrite, cog=out.cog,
-                           inputs=list(out.inputs), fingerprint=plan.fingerprint)
+                           inputs=list(out.inputs), fingerprint=plan.fingerprint,
+                           settings=flat_fields(plan), resume=resume)
     try:
         yield target
-    except BaseException:
-        target.abort()
+    except BaseException as exc:
+        keep_store(target, exc, plan.execution.blocks)
         raise
 
 
@@ -213,7 +231,8 @@ def _block_job(plan: RunPlan, recipe: ModelRecipe, target: Any) -> BlockJob:
         pad_value=plan.geometry.pad_value, output=target,
         mask_nodata=int(np.iinfo(dtype).max), mask_dtype=dtype.str,
         crf=None if crf is None else crf.params,
-        crf_range=None if crf is None else crf.value_range)
+        crf_range=None if crf is None else crf.value_range,
+        run_id=None if target is None else target.run_id)
 
 
 def _windows(plan: RunPlan) -> list[tuple[int, int, int, int]]:
@@ -221,15 +240,21 @@ def _windows(plan: RunPlan) -> list[tuple[int, int, int, int]]:
 
 
 def execute(plan: RunPlan, recipe: ModelRecipe, target: Any) -> list[dict]:
-    """Run every block task of ``plan`` into ``target``; each task's counts."""
+    """Run every block task of ``plan`` into ``target`` but those its manifest already
+    records (a resumed run); each block's counts, the recorded ones first."""
     import dask
 
+    from tilesegment.resume import block_key
+
     exe, out = plan.execution, plan.output
+    done = target.done_blocks()
     shared = dask.delayed(_block_job(plan, recipe, target), pure=True, traverse=False)
+    token = shared.key.rsplit("-", 1)[-1][:12]
     tasks = [dask.delayed(write_block, pure=True)(shared, w, out.probabilities,
-                                                    out.disagreement)
-             for w in _windows(plan)]
-    return compute(tasks, exe.scheduler, exe.workers, exe.progress)
+                                                    out.disagreement,
+                                                    dask_key_name=block_key(w, token))
+             for w in _windows(plan) if (w[0], w[2]) not in done]
+    return [*done.values(), *compute(tasks, exe.scheduler, exe.workers, exe.progress)]
 
 
 def execute_in_memory(plan: RunPlan, recipe: ModelRecipe) -> np.ndarray:

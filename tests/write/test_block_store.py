@@ -23,7 +23,12 @@ import numpy as np
 import pytest
 
 from tests.runs import GATED, REPO, Run, gated_env, write_input
-from tilesegment.errors import OutputError, StaleOutputWarning
+from tilesegment.errors import (
+    OutputError,
+    ResumeWarning,
+    StaleOutputWarning,
+    UnfinishedOutputError,
+)
 from tilesegment.read.base import Georef
 from tilesegment.write import OutputMeta, create_output, layout, lock, read_output_meta
 from tilesegment.write.stores import find_block_store, find_block_stores
@@ -155,11 +160,14 @@ def test_aborting_removes_the_fingerprint_store(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["out.zarr", "out.tif"])
-def test_a_leftover_of_another_fingerprint_is_removed_with_one_warning(tmp_path, name):
+def test_an_unfinished_leftover_is_refused_then_removed_by_overwrite(tmp_path, name):
+    """A dead run's store with a finished block is refused without resume or overwrite
+    (one line naming both, nothing touched); ``overwrite`` removes it with one warning,
+    leaving look-alikes that are not ours alone."""
     final = tmp_path / name
     store = leftover(final, FP_A)
     assert store.is_dir() and store_attrs(store)["fingerprint"] == FP_A
-    assert find_block_store(final, FP_A) == store  # what a later --resume would find
+    assert find_block_store(final, FP_A) == store  # what --resume finds
     # look-alikes that are not ours, and a bystander: all must survive untouched
     fake_dir = tmp_path / f".{name}.partial-0123abcd"
     fake_dir.mkdir()
@@ -168,13 +176,22 @@ def test_a_leftover_of_another_fingerprint_is_removed_with_one_warning(tmp_path,
     fake_file.write_bytes(b"not a store")
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")
+    before = sorted(p.name for p in store.rglob("*"))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        with pytest.raises(UnfinishedOutputError) as refused:
+            create_output(final, make_meta(), fingerprint=FP_B)
+    message = str(refused.value)
+    assert "--resume" in message and "--overwrite" in message and store.name in message
+    assert "1 of 4 blocks done" in message
+    assert sorted(p.name for p in store.rglob("*")) == before  # nothing touched
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        out = create_output(final, make_meta(), fingerprint=FP_B)
+        out = create_output(final, make_meta(), fingerprint=FP_B, overwrite=True)
     messages = stale_warnings(record)
     removed = [m for m in messages if m.startswith("removed")]
     assert len(removed) == 1 and str(store) in removed[0], messages
-    assert FP_A[:16] in removed[0]
+    assert "discarded (--overwrite)" in removed[0]
     left = sorted(m for m in messages if m.startswith("left"))
     assert len(left) == 2 and str(fake_dir) in left[0] and str(fake_file) in left[1]
     assert len(messages) == 3
@@ -189,29 +206,96 @@ def test_a_leftover_of_another_fingerprint_is_removed_with_one_warning(tmp_path,
     assert hidden(tmp_path) == sorted([fake_dir.name, fake_file.name])
 
 
-def test_a_leftover_of_the_same_fingerprint_is_started_over_with_one_warning(tmp_path):
-    """No resume yet: the same settings' store is removed and made afresh (said in one
-    line), so none of the dead run's blocks reaches the new output."""
-    final = tmp_path / "out.zarr"
+@pytest.mark.parametrize("name", ["out.zarr", "out.tif"])
+def test_a_leftover_of_the_same_fingerprint_is_resumed(tmp_path, name):
+    """``resume`` reopens the dead run's store in place: its recorded block stays (the
+    dead run wrote ones there), the manifest says so, and the others come from this run."""
+    final = tmp_path / name
     store = leftover(final, FP_A)
-    chunk = store / "mask" / "c" / "0" / "0"
-    assert chunk.is_file()  # the dead run wrote block (0, 0)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        out = create_output(final, make_meta(), fingerprint=FP_A)
-    messages = stale_warnings(record)
-    assert len(messages) == 1, messages
-    assert "an unfinished run of the same settings was found" in messages[0]
-    assert "starting over (resume is not available yet)" in messages[0]
-    assert out.store.root == store and not chunk.exists()  # same name, fresh store
-    assert store_attrs(store)["writer"]["pid"] == os.getpid()
+        out = create_output(final, make_meta(), fingerprint=FP_A, resume=True)
+    assert stale_warnings(record) == []
+    assert out.store.root == store and out.resumed
+    assert set(out.done_blocks()) == {(0, 0)}
+    assert store_attrs(store)["writer"]["pid"] == os.getpid()  # taken over
     mask = source(4)
-    for r, c in CORNERS[1:]:  # block (0, 0) not written by this run: it must be nodata
-        out.write_block(r, c, mask[r:r + BLOCK[0], c:c + BLOCK[1]])
+    for r, c in CORNERS[1:]:
+        out.write_block(r, c, mask[r:r + BLOCK[0], c:c + BLOCK[1]], result={"n": r + c})
+    assert set(out.done_blocks()) == set(CORNERS)
+    assert out.done_blocks()[(20, 30)] == {"n": 50}  # the task's counts, kept
     out.finalize()
-    got = read_mask(final)
-    assert (got[:BLOCK[0], :BLOCK[1]] == 255).all()
-    assert np.array_equal(got[:, BLOCK[1]:], mask[:, BLOCK[1]:])
+    want = mask.copy()
+    want[:BLOCK[0], :BLOCK[1]] = 1
+    assert np.array_equal(read_mask(final), want)
+    assert hidden(tmp_path) == []
+    if name.endswith(".zarr"):
+        assert not (final / "done").exists()  # the manifest is not part of the output
+
+
+def test_resume_with_overwrite_resumes_its_own_run_and_discards_others(tmp_path):
+    """``resume`` and ``overwrite`` together (a run that was replacing an output): the
+    store of the same settings is resumed, one of other settings is discarded."""
+    final = tmp_path / "out.zarr"
+    other = leftover(final, FP_B)
+    aside = other.rename(tmp_path / "aside")  # two dead runs' stores: made one at a time
+    store = leftover(final, FP_A)
+    aside.rename(other)
+    with pytest.warns(StaleOutputWarning, match="discarded"):
+        out = create_output(final, make_meta(), fingerprint=FP_A, resume=True,
+                            overwrite=True)
+    assert out.store.root == store and set(out.done_blocks()) == {(0, 0)}
+    assert not other.exists()
+    out.abort()
+
+
+def test_resume_with_other_settings_lists_them(tmp_path):
+    final = tmp_path / "out.zarr"
+    out = create_output(final, make_meta(), fingerprint=FP_A,
+                        settings={"geometry.halo": 16, "geometry.tile": 64, "model": "m"})
+    out.write_block(0, 0, np.zeros(BLOCK, np.uint8))
+    assert out.keep() == out.store.root  # what an interrupted run does
+    with pytest.raises(UnfinishedOutputError, match=r"other settings: halo: 16 → 24; "
+                       r"tile: 64 → 72;.*--overwrite"):
+        create_output(final, make_meta(), fingerprint=FP_B, resume=True,
+                      settings={"geometry.halo": 24, "geometry.tile": 72, "model": "m"})
+    wider = OutputMeta(shape=SHAPE, num_classes=K, class_names=("a", "b", "c"),
+                       class_colors=((0, 0, 0), (0, 0, 255), (0, 128, 0)), georef=GEOREF,
+                       block_shape=(20, 60), provenance={"test": True})
+    with pytest.raises(OutputError, match="blocks of 20x30 px, this one 20x60"):
+        create_output(final, wider, fingerprint=FP_A, resume=True)
+    assert set(create_output(final, make_meta(), fingerprint=FP_A, resume=True)
+               .done_blocks()) == {(0, 0)}
+
+
+def test_resume_with_nothing_to_resume_just_runs(tmp_path):
+    final = tmp_path / "out.zarr"
+    with pytest.warns(ResumeWarning, match="no unfinished run"):
+        out = create_output(final, make_meta(), fingerprint=FP_A, resume=True)
+    assert not out.resumed and out.done_blocks() == {}
+    out.abort()
+
+
+def test_keeping_an_output_without_finished_blocks_removes_it(tmp_path):
+    out = create_output(tmp_path / "out.tif", make_meta(), fingerprint=FP_A)
+    assert out.keep() is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_manifest_records_all_fill_blocks_and_only_stored_ones(tmp_path):
+    """An all-nodata block writes a chunk Zarr would normally skip: the manifest records it
+    all the same; a block whose write failed is not recorded."""
+    out = create_output(tmp_path / "out.zarr", make_meta(True), fingerprint=FP_A)
+    nodata = np.full(BLOCK, 255, np.uint8)
+    out.write_block(0, 0, nodata, np.full((K, *BLOCK), np.nan, np.float32))
+    with pytest.raises(ValueError):  # a class id out of range: refused before the store
+        out.write_block(0, 30, np.full(BLOCK, 9, np.uint8), probs_of(source()[:20, :30]))
+    assert set(out.done_blocks()) == {(0, 0)}
+    markers = sorted(p.name for p in (out.store.root / "done").iterdir())
+    assert markers == ["0.0.json"]
+    assert (out.store.root / "mask" / "c" / "0" / "0").is_file()
+    assert (out.store.root / "probabilities" / "c" / "0" / "0" / "0").is_file()
+    out.abort()
 
 
 def test_a_store_of_a_live_run_is_never_removed(tmp_path):
@@ -248,7 +332,7 @@ def test_stores_of_this_process_count_as_live_until_dropped(tmp_path):
     root = first.store.root
     del first  # dropped unfinished: abandoned, like a dead run's
     gc.collect()
-    with pytest.warns(StaleOutputWarning, match="starting over"):
+    with pytest.warns(StaleOutputWarning, match="had stored no block yet"):
         third = create_output(final, make_meta(), fingerprint=FP_A)
     assert third.store.root == root
     third.abort()
@@ -360,13 +444,10 @@ def test_a_run_killed_with_sigkill_leaves_a_store_the_next_run_removes(tmp_path)
                   "--halo", "0", "--no-progress"], env, tmp_path, "second")
     assert second.wait() == 0, second.stderr
     lines = second.stderr.strip().splitlines()
-    # one line for the dead run's store: removed as another run's, or, when the pipeline
-    # keys stores by the plan's fingerprint (the same settings here), started over
+    # one line for the dead run's store (killed in its first block: nothing to resume)
     about = [line for line in lines if stores[0].name in line]
     assert len(about) == 1, second.stderr
-    assert about[0].startswith("Warning: removed") or (
-        "an unfinished run of the same settings was found" in about[0]
-        and "starting over" in about[0]), second.stderr
+    assert about[0].startswith("Warning: removed"), second.stderr
     assert [line for line in lines if line.startswith("Warning: left")] == [
         f"Warning: left {lookalike} alone: it is named like a block store of out.zarr, "
         "but it is not a directory"], second.stderr

@@ -35,15 +35,20 @@ class TilesegmentGroup(click.Group):
             # Ctrl-C, or SIGTERM/SIGHUP during `run` (its Interrupted carries the signal)
             signum = getattr(exc, "signum", signal.SIGINT)
             how = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-            # only `run` writes, and it has removed its partial output by now
+            # only `run` writes: it kept its finished blocks, or removed its partial output
             done = ": partial output removed." if ctx.invoked_subcommand == "run" else "."
+            kept = getattr(exc, "kept", None)
+            if kept is not None:
+                from tilesegment.resume import kept_line
+
+                done = f": {kept_line(kept)}"
             with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be told
                 click.echo(f"Interrupted{how}{done}", err=True)
             ctx.exit(128 + signum)
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(" ".join([str(exc), *getattr(exc, "__notes__", ())]).split())
     return text or type(exc).__name__
 
 

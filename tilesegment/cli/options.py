@@ -35,7 +35,7 @@ RUN_SECTIONS = (
     ("Tiling", ("tile", "halo", "pad_mode", "pad_value", "blend", "batch_size",
                 "block_size")),
     ("Output", ("output_format", "save_probabilities", "save_disagreement", "cog",
-                "overwrite")),
+                "overwrite", "resume")),
     ("Execution", ("scheduler", "local_cluster", "devices", "dashboard", "workers",
                    "precision", "compile", "progress")),
     ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
@@ -96,7 +96,8 @@ OPTIONS = (
                  help="With several inputs: the kind of each output in the -o folder "
                  "(default zarr). One input with a file -o: its extension decides."),
     click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews."),
-    click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing output (or discard "
+                 "an unfinished run of it)."),
     click.option("--scheduler", default="threads", show_default=True,
                  callback=_check_scheduler,
                  help="threads, synchronous, a scheduler address (tcp://host:port) or a "
@@ -220,6 +221,13 @@ def check_truth(source: str, truth: str | None, level: int | None, mpp: float | 
     check_truth_for_run(source, truth, level=level, mpp=mpp,
                         allow_crs_alias=truth_settings.get("allow_crs_alias", False),
                         resample_truth=truth_settings.get("resample_truth", False))
+
+
+RESUME_OPTION = click.option(
+    "--resume", is_flag=True,
+    help="Finish the unfinished run of OUTPUT (interrupted, failed or killed): only the "
+    "blocks it did not store are computed. Refused if its settings differ.")
+"""``run`` only: ``plan`` plans a run from scratch."""
 
 
 TRUTH_SETTINGS = ("ignore_index", "instances", "mapping", "allow_crs_alias", "resample_truth",

@@ -14,6 +14,7 @@ import click
 
 from tilesegment.cli.evaluate import report_and_print
 from tilesegment.cli.options import (
+    RESUME_OPTION,
     RUN_SECTIONS,
     TRUTH_SETTINGS,
     check_truth,
@@ -29,8 +30,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """A run stopped by SIGTERM or SIGHUP. It unwinds like Ctrl-C (a KeyboardInterrupt), so
-    the partial output is removed; the CLI exits with 128 + ``signum``."""
+    """A run stopped by SIGTERM or SIGHUP. It unwinds like Ctrl-C (a KeyboardInterrupt): the
+    finished blocks are kept for ``--resume`` (the partial output is removed when there are
+    none); the CLI exits with 128 + ``signum``."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -39,8 +41,9 @@ class Interrupted(KeyboardInterrupt):
 
 @click.command(cls=SectionedCommand, sections=RUN_SECTIONS)
 @run_options
+@RESUME_OPTION
 def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | None,
-        cog: bool, overwrite: bool, local_cluster: int | None, dashboard: bool,
+        cog: bool, overwrite: bool, resume: bool, local_cluster: int | None, dashboard: bool,
         scheduler: str, progress: bool | None, classes: int | None, truth: str | None,
         output_format: str | None, devices: str | None, **options: Any) -> None:
     """Segment SOURCE (GeoTIFF, slide TIFF/SVS/OME-TIFF, or Zarr) into OUTPUT.
@@ -63,7 +66,8 @@ def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | N
         run_many(sources, output, output_format=fmt, overwrite=overwrite,
                  local_cluster=local_cluster, gpus=gpus, dashboard=dashboard,
                  scheduler=scheduler, progress=progress, settings=dict(
-                     settings, classes=classes, level=level, mpp=mpp, cog=cog))
+                     settings, classes=classes, level=level, mpp=mpp, cog=cog,
+                     resume=resume))
         return
     check_usage(output, level, mpp, cog, dashboard, local_cluster, devices, scheduler,
                 options["device"])
@@ -80,7 +84,8 @@ def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | N
                                                                  gpus) as client:
         summary = segment(
             source, output, classes=classes, level=level, mpp=mpp, cog=cog,
-            overwrite=overwrite, scheduler=scheduler if client is None else client,
+            overwrite=overwrite, resume=resume,
+            scheduler=scheduler if client is None else client,
             progress=sys.stderr.isatty() if progress is None else progress, **settings)
     _report(summary)
     if truth is not None:
@@ -163,7 +168,7 @@ def _first_stop(signum: int, frame) -> None:
 def _second_stop(signum: int, frame) -> None:
     with contextlib.suppress(OSError):
         os.write(2, f"{signal.Signals(signum).name} again: stopped at once (a hidden "
-                    f".<output>.partial-* may be left)\n".encode())
+                    f".<output>.partial-* may be left: --resume finishes it)\n".encode())
     os._exit(128 + signum)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tilesegment.plan.build import build_plan, complete_plan
 from tilesegment.plan.describe import describe_plan
-from tilesegment.plan.fingerprint import fingerprint, fingerprint_fields
+from tilesegment.plan.fingerprint import fingerprint, fingerprint_fields, flat_fields
 from tilesegment.plan.model import (
     CRFPlan,
     ExecutionPlan,
@@ -25,5 +25,5 @@ from tilesegment.plan.recipe import RECIPE_KEYS, load_recipe, read_recipe
 
 __all__ = ["RECIPE_KEYS", "CRFPlan", "ExecutionPlan", "GeometryPlan", "ModelPlan",
            "NormalizationPlan", "OutputPlan", "RunPlan", "SourcePlan", "build_plan",
-           "complete_plan", "describe_plan", "fingerprint", "fingerprint_fields",
+           "complete_plan", "describe_plan", "fingerprint", "fingerprint_fields", "flat_fields",
            "load_recipe", "read_recipe"]

@@ -105,3 +105,19 @@ def fingerprint(plan: Any) -> str:
 
 def _floats(values: Any) -> list[float] | None:
     return None if values is None else [float(v) for v in values]
+
+
+def flat_fields(plan: Any) -> dict[str, Any]:
+    """:func:`fingerprint_fields` as one flat dict of dotted names (``geometry.halo``), the
+    record a block store keeps so that a refused resume can list what differs."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[prefix] = value
+
+    walk("", fingerprint_fields(plan))
+    return flat

@@ -88,6 +88,8 @@ def create_output(
     cog: bool = False,
     inputs: Iterable[str | Path] = (),
     fingerprint: str | None = None,
+    settings: dict | None = None,
+    resume: bool = False,
 ) -> Output:
     """Start an output at ``path`` (kind from the extension) for a mask described by ``meta``.
 
@@ -101,11 +103,15 @@ def create_output(
     makes Cloud-Optimized GeoTIFFs with overviews. The parent directory is created if needed.
 
     ``fingerprint`` (the run plan's, a hex sha256) names the block store (a random token
-    when None) and is recorded in the metadata. What killed runs left beside ``path`` (a
-    block store of another fingerprint, or of the same one: resume is not available yet, so
-    the run starts over) is removed first, each with a :class:`StaleOutputWarning`
-    (:func:`~tilesegment.write.stores.clear_stale`); OutputError when a live run of the
-    same fingerprint is writing there.
+    when None) and is recorded in the metadata; ``settings`` (the plan's settings as a
+    flat dict) is recorded in the block store, to say which differ when a resume is refused.
+    An unfinished block store of a run whose writer is gone (killed, interrupted, failed) is
+    refused unless ``overwrite`` (it is removed) or ``resume`` (the store of the same
+    fingerprint is reopened: blocks in its manifest are kept, :meth:`Output.done_blocks`);
+    :class:`~tilesegment.errors.UnfinishedOutputError` otherwise, and for a ``resume`` onto
+    a store of other settings (listing them). Other leftovers are removed first, each with
+    a :class:`StaleOutputWarning` (:func:`~tilesegment.write.stores.clear_stale`);
+    OutputError when a live run of the same fingerprint is writing there.
     """
     final = Path(path).expanduser().absolute()
     if fingerprint is not None and not layout.is_fingerprint(fingerprint):
@@ -114,11 +120,17 @@ def create_output(
                         layers=[layer for layer in meta.layers if layer != layout.MASK])
     output = registry.writer(kind).new(final, meta, overwrite=overwrite, cog=cog)
     output.fingerprint = fingerprint.lower() if fingerprint else None
-    stores.clear_stale(final, output.fingerprint, output.final_paths[1:])
-    stores.check_free(final, output.store_key)
+    output.settings = dict(settings) if settings else None
+    found = stores.clear_stale(final, output.fingerprint, output.final_paths[1:],
+                               overwrite=overwrite, resume=resume, settings=output.settings)
+    if found is None:
+        stores.check_free(final, output.store_key)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        output._create()
+        if found is not None:
+            output._reopen(found.path)
+        else:
+            output._create()
     except OSError as exc:
         output.abort()
         if isinstance(exc, OutputError):

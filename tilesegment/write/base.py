@@ -1,9 +1,11 @@
 """The :class:`Output` contract shared by the Zarr and GeoTIFF writers.
 
-An output goes ``open`` → ``finalized`` (visible under its final name) or ``open`` →
-``aborted`` (nothing left but what was there before). Block writes may come from many
-threads, or from unpickled copies in other processes; ``finalize`` and ``abort`` are called
-once, by whoever created the output.
+An output goes ``open`` → ``finalized`` (visible under its final name), ``open`` →
+``aborted`` (nothing left but what was there before), or ``open`` → ``kept`` (:meth:`Output.
+keep`: a failed or interrupted run's block store, with its manifest of finished blocks,
+left for a resume; ``create_output(..., resume=True)`` reopens it). Block writes may come
+from many threads, or from unpickled copies in other processes; ``finalize``, ``abort`` and
+``keep`` are called once, by whoever created the output.
 
 The block store of an output (:func:`~tilesegment.write.layout.block_store_path`) is named
 by :attr:`Output.store_key`: the run plan's fingerprint when the run has one, else the
@@ -30,7 +32,7 @@ from tilesegment.errors import InputError, OutputError
 from tilesegment.write import atomic, guard, layout
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta
 
-OPEN, FINALIZED, ABORTED = "open", "finalized", "aborted"
+OPEN, FINALIZED, ABORTED, KEPT = "open", "finalized", "aborted", "kept for a resume"
 
 _open_outputs: weakref.WeakSet[Output] = weakref.WeakSet()
 """The outputs created in this process and not yet finalized or aborted."""
@@ -207,6 +209,10 @@ class Output(ABC):
         self.fingerprint: str | None = None
         """The run plan's fingerprint (hex sha256), set by ``create_output`` before
         :meth:`_create`; it names the block store and is recorded in the metadata."""
+        self.settings: dict[str, Any] | None = None
+        """The run plan's settings (a flat dict), recorded in the block store."""
+        self.resumed = False
+        """Whether the block store was reopened (``resume``) rather than made afresh."""
         self._state = OPEN
 
     @property
@@ -221,6 +227,8 @@ class Output(ABC):
         attrs: dict[str, Any] = {"run_id": self.run_id}
         if self.fingerprint:
             attrs[layout.FINGERPRINT_KEY] = self.fingerprint
+        if self.settings:
+            attrs[layout.SETTINGS_KEY] = self.settings
         attrs[layout.WRITER_KEY] = writer_record()
         return attrs
 
@@ -242,14 +250,64 @@ class Output(ABC):
         mask: np.ndarray,
         probs: np.ndarray | None,
         disagreement: np.ndarray | None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         """Store one validated block (the optional layers None when not saved) in the
-        run's block store (Zarr for both kinds; the GeoTIFF is made from it at the end)."""
-        self.store.write(row0, col0, mask, probs, disagreement)
+        run's block store (Zarr for both kinds; the GeoTIFF is made from it at the end),
+        then record it in the store's manifest with ``result``."""
+        self.store.write(row0, col0, mask, probs, disagreement, result)
 
     @abstractmethod
     def _finalize(self) -> None:
         """Complete the temporary output and publish it under :attr:`final_paths`."""
+
+    def _reopen(self, root: Path) -> None:
+        """Take over the unfinished block store at ``root`` (same fingerprint, its writer
+        gone) instead of creating one: its manifest's blocks are kept. OutputError when
+        its block shape or layers are not this output's."""
+        from tilesegment.write.manifest import store_record
+
+        record = store_record(root)
+        shape, layers = record.get("block_shape"), record.get("layers")
+        if shape is not None and tuple(shape) != tuple(self.meta.block_shape):
+            raise OutputError(
+                f"cannot resume {self.path}: the unfinished run there has blocks of "
+                f"{shape[0]}x{shape[1]} px, this one {self.meta.block_shape[0]}x"
+                f"{self.meta.block_shape[1]}")
+        if layers is not None and list(layers) != list(self.meta.layers):
+            raise OutputError(f"cannot resume {self.path}: the unfinished run there holds "
+                              f"the layers {layers}, this one {list(self.meta.layers)}")
+        self.store = type(self.store)(root, self.meta)  # the kind's BlockStore, reopened
+        self.store.claim(self.run_id, writer_record())
+        self._claimed = root
+        self.resumed = True
+
+    def done_blocks(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """The blocks recorded as stored in this output's manifest (``{(row0, col0):
+        counts}``): after a resume, those of the earlier run(s) too."""
+        return self.store.done_blocks()
+
+    def keep(self, timeout: float = 10.0) -> Path | None:
+        """Stop this unfinished output but keep its block store for a later resume (a
+        failed or interrupted run): new writes are refused, writes in flight get up to
+        ``timeout`` s, this run's other temporaries are removed. Returns the store's path;
+        None (and the output aborted) when nothing could be resumed from it: no
+        fingerprint, or no block done."""
+        if self._state != OPEN:
+            return None
+        if not self.fingerprint or not self.done_blocks():
+            self.abort()
+            return None
+        self._state = KEPT
+        _open_outputs.discard(self)
+        self.store.close(timeout)
+        for final in self.final_paths:
+            try:
+                atomic.remove_partials(final, self.token)
+            except OSError as exc:
+                warnings.warn(f"could not remove a temporary file of {final}: {exc}",
+                              RuntimeWarning, stacklevel=2)
+        return Path(self.store.root)
 
     def _stop_writes(self) -> None:
         """Refuse new block writes and wait for those in flight."""
@@ -264,6 +322,7 @@ class Output(ABC):
         mask: np.ndarray,
         probabilities: np.ndarray | None = None,
         disagreement: np.ndarray | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         """Write the block whose top-left pixel is ``(row0, col0)``.
 
@@ -272,14 +331,16 @@ class Output(ABC):
         probabilities (ignored otherwise); ``disagreement``: ``(h, w)`` bool, or uint8 of
         0/1/255 (255 = nodata), required when the output saves the disagreement layer
         (ignored otherwise). ``(row0, col0)`` must be a multiple of the block shape
-        (ValueError otherwise). Safe to call concurrently for different blocks.
+        (ValueError otherwise). Safe to call concurrently for different blocks. Once the
+        block is on disk it is recorded in the store's manifest, with ``result`` (the
+        task's counts, JSON-able) inside: a resumed run skips it and sums those counts.
         """
         if self._state != OPEN:
             raise OutputError(f"cannot write to {self.path}: the output is {self._state}")
         row0, col0 = int(row0), int(col0)
         mask, probs = check_block(self.meta, row0, col0, mask, probabilities)
         disagree = check_disagreement(self.meta, row0, col0, disagreement)
-        self._write(row0, col0, mask, probs, disagree)
+        self._write(row0, col0, mask, probs, disagree, result)
 
     def finalize(self) -> Path:
         """Make the output complete and visible under :attr:`path`; return that path.
@@ -289,8 +350,8 @@ class Output(ABC):
         """
         if self._state == FINALIZED:
             return self.path
-        if self._state == ABORTED:
-            raise OutputError(f"cannot finalize {self.path}: the run was aborted")
+        if self._state in (ABORTED, KEPT):
+            raise OutputError(f"cannot finalize {self.path}: the run was {self._state}")
         self._finalize()
         self._state = FINALIZED
         _open_outputs.discard(self)

@@ -61,6 +61,10 @@ WRITER_KEY = "writer"
 """Key of a block store's writer record (``{"pid", "host"}`` of the process that created
 it) in its metadata while unfinished; dropped when the store is marked complete."""
 
+SETTINGS_KEY = "settings"
+"""Key of a block store's record of the run plan's settings (the fingerprint's inputs as a
+flat dict), so that a refused ``--resume`` can say which differ."""
+
 ZARR_JSON = "zarr.json"
 """Metadata document of a Zarr v3 group or array."""
 

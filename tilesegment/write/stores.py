@@ -5,21 +5,27 @@ A run writes its blocks into a hidden store beside the output,
 hex digits of the run plan's fingerprint (a random token for a run without one); the store
 records the full fingerprint and its writer (pid, host) in its metadata
 (:data:`~tilesegment.write.layout.FINGERPRINT_KEY`, :data:`~tilesegment.write.layout.
-WRITER_KEY`). A failed or interrupted run removes its store; a run killed outright (SIGKILL,
-a power loss) cannot, and the next run onto the same output does it instead
+WRITER_KEY`), the plan's settings (:data:`~tilesegment.write.layout.SETTINGS_KEY`) and a
+manifest of the blocks durably stored (:mod:`~tilesegment.write.manifest`). A failed or
+interrupted run keeps its store when it holds finished blocks (else removes it); a run
+killed outright (SIGKILL, a power loss) leaves it. The next run onto the same output
 (:func:`clear_stale`, called by ``create_output``):
 
-- a store of another fingerprint is removed, with a :class:`StaleOutputWarning` naming it;
-- a store of the same fingerprint is what a later ``--resume`` will reuse; without resume
-  the run starts over: the store is removed and made afresh, with a warning saying so;
-- an old output an interrupted Zarr replacement left aside (``.<name>.old-<token>``) is
-  removed when the output itself is in place, under the output's lock only.
+- an unfinished store with a fingerprint and at least one block done (its writer gone) is
+  refused without ``resume`` or ``overwrite`` (one line naming both); ``overwrite`` removes
+  it; ``resume`` reopens the one of the same fingerprint, and refuses one of other
+  settings, listing those that differ (``halo: 16 → 24``);
+- an unfinished store with no block done, or without a fingerprint (it cannot be resumed),
+  is removed, with a :class:`StaleOutputWarning` naming it;
+- an old output an interrupted Zarr replacement left aside (``.<name>.old-<token>``), and
+  GeoTIFFs a killed run staged before publishing (``.<name>.partial-<token>.tif*``), are
+  removed when no publication is pending, under the output's lock only.
 
 Only what is provably tilesegment's is removed: a directory named by this layout, owned by
 this user, holding a Zarr group with tilesegment's metadata, whose writer is gone (a process
 of this host that no longer runs, or, while this process holds the output's lock, any other
 run: every run takes that lock). Anything else that looks like one is left, with a warning.
-:func:`find_block_store` is what a resuming run will call.
+:func:`find_block_store` is what a resuming run calls to learn the store's block size.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tilesegment.errors import OutputError, StaleOutputWarning
-from tilesegment.write import atomic, guard, layout, lock
+from tilesegment.errors import OutputError, ResumeWarning, StaleOutputWarning
+from tilesegment.write import atomic, guard, layout, lock, manifest
 from tilesegment.write.base import open_store_roots
 
 
@@ -145,17 +151,31 @@ def check_free(final: Path, key: str) -> None:
                           f"block store {path.name} is in use); wait for it to end")
 
 
+SETTINGS_KEY = layout.SETTINGS_KEY
+
+
 def _warn(message: str) -> None:
     warnings.warn(message, StaleOutputWarning, stacklevel=4)
 
 
-def clear_stale(final: Path, fingerprint: str | None, finals: Iterable[Path] = ()) -> None:
-    """Remove what killed runs left of the output ``final`` (each with one warning line):
-    its block stores, and the old outputs left aside at ``final`` and the other ``finals``
-    (a GeoTIFF's siblings); see the module docstring. Never raises for what it cannot
-    remove: that is left, with a warning."""
+def clear_stale(final: Path, fingerprint: str | None, finals: Iterable[Path] = (), *,
+                overwrite: bool = False, resume: bool = False,
+                settings: dict[str, Any] | None = None) -> FoundStore | None:
+    """Deal with what killed or stopped runs left of the output ``final``; see the module
+    docstring. Returns the unfinished store of ``fingerprint`` to resume (only with
+    ``resume``), else None.
+
+    An unfinished store with a fingerprint and a block done (a resumable run whose writer is
+    gone) is kept for ``resume`` when its fingerprint is ``fingerprint`` (with ``overwrite``
+    too: the run was replacing an output), else removed with ``overwrite``, and otherwise
+    refused (:class:`~tilesegment.errors.UnfinishedOutputError`: with ``resume`` listing
+    the ``settings`` that differ, without it naming ``--resume`` and ``--overwrite``).
+    Other leftovers (complete old outputs, stores without a fingerprint or with no block
+    done, old trees, a GeoTIFF's staged files) are removed with one warning line each.
+    Never raises for what it cannot remove: that is left, with a warning."""
     locked = lock.holds(final)
     live = open_store_roots()
+    unfinished: list[FoundStore] = []
     for path in candidates(final):
         if path in live:
             continue  # an output of this process still being written
@@ -168,24 +188,142 @@ def clear_stale(final: Path, fingerprint: str | None, finals: Iterable[Path] = (
         if busy is not None:
             _warn(f"left the block store {path} in place: {busy}")
             continue
+        resumable = store.fingerprint is not None and not store.complete
+        wanted = resume and fingerprint is not None and store.fingerprint == fingerprint
+        if resumable and (wanted or not overwrite) and manifest.count_done(path):
+            unfinished.append(store)
+            continue
         amount = _remove(path, "the stale block store")
         if amount is None:
             continue
-        if fingerprint is not None and store.fingerprint == fingerprint:
-            _warn(f"an unfinished run of the same settings was found ({path.name}, "
-                  f"{amount}); starting over (resume is not available yet)")
-        elif store.complete:
+        if store.complete:
             _warn(f"removed {path} ({amount}): an old output of {final.name} that an "
                   "interrupted replacement left under a hidden name")
+        elif resumable and not overwrite:
+            _warn(f"removed {path} ({amount}): an unfinished run onto {final.name} that "
+                  "had stored no block yet (nothing to resume)")
+        elif store.fingerprint is not None:
+            _warn(f"removed {path} ({amount}): the unfinished run there "
+                  f"({_progress(store.path)}) was discarded (--overwrite)")
         else:
-            what = (f"fingerprint {layout.store_key(store.fingerprint)}"
-                    if store.fingerprint else "no fingerprint")
             _warn(f"removed {path} ({amount}): the block store of an earlier run onto "
-                  f"{final.name} with other settings ({what}) that never finished (killed, "
-                  "or the machine stopped)")
+                  f"{final.name} without a fingerprint (it cannot be resumed) that never "
+                  "finished (killed, or the machine stopped)")
     if locked:
         for path in (final, *finals):
             _clear_old(path)
+            _clear_staged(path)
+    return _choose(final, unfinished, fingerprint, resume, settings)
+
+
+def _progress(root: Path) -> str:
+    """``12 of 64 blocks done`` for the block store at ``root``."""
+    total = _total_blocks(root)
+    done = manifest.count_done(root)
+    return f"{done} of {total} blocks done" if total else f"{done} blocks done"
+
+
+store_record = manifest.store_record
+
+
+def _total_blocks(root: Path) -> int | None:
+    attrs = store_record(root)
+    try:
+        (h, w), (bh, bw) = attrs["shape"], attrs["block_shape"]
+        return -(-int(h) // int(bh)) * -(-int(w) // int(bw))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def store_block_shape(root: Path) -> tuple[int, int] | None:
+    """The block (chunk) shape the block store at ``root`` was made with."""
+    shape = store_record(root).get("block_shape")
+    if isinstance(shape, list) and len(shape) == 2:
+        return int(shape[0]), int(shape[1])
+    return None
+
+
+def settings_diff(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """``name: old → new`` for each setting (a flat dict, see
+    :func:`~tilesegment.plan.fingerprint.flat_fields`) that differs; a dotted name is
+    shortened to its last part where that is unambiguous."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+    keys = sorted(set(old) | set(new))
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    out = []
+    for key, short in zip(keys, last, strict=True):
+        if old.get(key) != new.get(key):
+            name = short if last.count(short) == 1 else key
+            out.append(f"{name}: {_show(old.get(key))} → {_show(new.get(key))}")
+    return out
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _choose(final: Path, unfinished: list[FoundStore], fingerprint: str | None,
+            resume: bool, settings: dict[str, Any] | None) -> FoundStore | None:
+    """The store to resume, or the refusal (see :func:`clear_stale`)."""
+    from tilesegment.errors import UnfinishedOutputError
+
+    same = [s for s in unfinished if fingerprint is not None and s.fingerprint == fingerprint]
+    if resume and same:
+        return same[0]
+    if not unfinished:
+        if resume:
+            warnings.warn(f"--resume: no unfinished run of {final} found; running from the "
+                          "start", ResumeWarning, stacklevel=4)
+        return None
+    store = unfinished[0]
+    if not resume:
+        raise UnfinishedOutputError(
+            f"{final} has an unfinished run ({store.path.name}, {_progress(store.path)}): "
+            "pass --resume to finish it, or --overwrite to discard it and start over")
+    differ = settings_diff(store_record(store.path).get(SETTINGS_KEY), settings)
+    what = "; ".join(differ) if differ else (
+        f"fingerprint {layout.store_key(store.fingerprint or '')} → "
+        f"{layout.store_key(fingerprint or '')}")
+    raise UnfinishedOutputError(
+        f"cannot resume {final}: the unfinished run there ({store.path.name}, "
+        f"{_progress(store.path)}) has other settings: {what}; run with those settings, or "
+        "pass --overwrite instead of --resume to discard it and start over")
+
+
+def _clear_staged(final: Path) -> None:
+    """Remove the GeoTIFFs a killed run staged beside ``final`` before publishing
+    (``.<name>.partial-<token>.tif``, its ``.tiled`` stage for a COG, GDAL's ``.ovr.tmp``
+    and the like): regular files of this user, named so, that are TIFFs (or empty, as a
+    write cut short leaves them), when no publication is pending. Under the output's lock
+    only (the run that staged them is then gone)."""
+    parent = final.parent
+    if atomic.pending_journals(final) or not parent.is_dir():
+        return
+    prefix = f".{final.name}{layout.PARTIAL_MARK}"
+    for path in sorted(e for e in parent.iterdir() if e.name.startswith(prefix)):
+        token, _, rest = path.name[len(prefix):].partition(".")
+        if not rest.startswith("tif") or not token or not set(token) <= set("0123456789abcdef"):
+            continue
+        if path.is_symlink() or not path.is_file() or path.lstat().st_uid != os.geteuid():
+            _warn(f"left {path} alone: it is named like a staged GeoTIFF of {final.name}, "
+                  "but is not a regular file of yours")
+            continue
+        if not _tiff_or_empty(path):
+            _warn(f"left {path} alone: it is named like a staged GeoTIFF of {final.name}, "
+                  "but is not a TIFF")
+            continue
+        amount = _remove(path, "")
+        if amount is not None:
+            _warn(f"removed {path} ({amount}): a GeoTIFF an interrupted run staged before "
+                  "publishing it")
+
+
+def _tiff_or_empty(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    return head in (b"", b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
 def _remove(path: Path, what: str) -> str | None:

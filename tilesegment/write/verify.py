@@ -71,9 +71,17 @@ def output_problems(meta: dict[str, Any]) -> list[str]:
         return ["it has no completion record (a partial or altered output)"]
     if completion.get("complete") is not True:
         written = completion.get("blocks_written")
-        return [f"its completion record says incomplete (blocks written: {written} of "
-                f"{completion.get('blocks_total')}): a partial output of a run that did not "
-                "finish"]
+        problem = (f"its completion record says incomplete (blocks written: {written} of "
+                   f"{completion.get('blocks_total')}): a partial output of a run that did not "
+                   "finish")
+        final = layout.final_of(path)
+        if layout.block_store_key(final, path.name) and meta.get(layout.FINGERPRINT_KEY):
+            from tilesegment.write import manifest
+
+            problem += (f" (the block store of an unfinished run of {final.name}, "
+                        f"{manifest.count_done(path)} blocks done: finish it with "
+                        f"`tilesegment run ... -o {final} --resume`)")
+        return [problem]
     if int(meta.get("format_version") or 1) < 2:
         return []  # written before run ids and block records: nothing more to check
     try:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from tilesegment.errors import InputError, OutputError
-from tilesegment.write import atomic, guard, integrity, layout
+from tilesegment.write import atomic, guard, integrity, layout, manifest
 from tilesegment.write.base import Output
 from tilesegment.write.meta import DISAGREEMENT_NODATA, OutputMeta, meta_to_attrs, output_layers
 
@@ -148,10 +148,13 @@ class BlockStore:
         mask: np.ndarray,
         probs: np.ndarray | None,
         disagreement: np.ndarray | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         """Store a validated block: mask ``(h, w)``, probabilities ``(K, h, w)`` float16,
         disagreement ``(h, w)`` uint8 (each optional layer only when the store has it).
-        The mask goes last: a mask chunk on disk means the whole block was stored."""
+        The mask goes last: a mask chunk on disk means the whole block was stored. Then the
+        chunks are synced to disk and the block recorded in the manifest
+        (:mod:`~tilesegment.write.manifest`, with ``result``, the task's counts)."""
         with self._writes:
             if self._closed:
                 raise OutputError(f"{self.root} is closed: the output was finalized or aborted")
@@ -169,15 +172,33 @@ class BlockStore:
                 if arrays.disagreement is not None and disagreement is not None:
                     arrays.disagreement[row0 : row0 + h, col0 : col0 + w] = disagreement
                 arrays.mask[row0 : row0 + h, col0 : col0 + w] = mask
+                manifest.sync_files(self.chunk_paths(row0, col0))
             except OSError as exc:
                 if isinstance(exc, OutputError):
                     raise
                 raise OutputError(f"cannot write {atomic.final_of(self.root)} (block at row "
                                   f"{row0}, col {col0}): {exc.strerror or exc}") from None
+            manifest.record(self.root, row0, col0, result)
         finally:
             with self._writes:
                 self._active -= 1
                 self._writes.notify_all()
+
+    def chunk_paths(self, row0: int, col0: int) -> list[Path]:
+        """The chunk file of the block at ``(row0, col0)`` in every layer of the store
+        (default chunk key encoding ``c/i/j``; ``c/0/i/j`` for probabilities)."""
+        bh, bw = self.meta.block_shape
+        i, j = str(row0 // bh), str(col0 // bw)
+        paths = []
+        for name in self.meta.layers:
+            lead = ("0",) if name == PROBABILITIES else ()
+            paths.append(layout.zarr_layer_path(self.root, name).joinpath(
+                layout.ZARR_CHUNK_DIR, *lead, i, j))
+        return paths
+
+    def done_blocks(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """The blocks the manifest records as stored: ``{(row0, col0): counts}``."""
+        return manifest.done_blocks(self.root)
 
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> bool:
         """Refuse further writes through this handle and wait (up to ``timeout`` s) for the
@@ -222,6 +243,22 @@ class BlockStore:
             "blocks_missing": integrity.missing_blocks(grid, written),
             "finalized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
+
+    def claim(self, run_id: str, writer: dict[str, Any]) -> None:
+        """Record ``writer`` (this process) as the store's writer, and ``run_id``: a
+        resumed run takes the store over."""
+        import zarr
+
+        try:
+            group = zarr.open_group(str(self.root), mode="r+")
+            attrs = dict(group.attrs[ATTRS_KEY])
+            attrs[layout.WRITER_KEY] = writer
+            attrs["run_id"] = run_id
+            group.attrs[ATTRS_KEY] = attrs
+            atomic.fsync_path(self.root / layout.ZARR_JSON)
+        except OSError as exc:
+            raise OutputError(f"cannot resume {atomic.final_of(self.root)}: "
+                              f"{exc.strerror or exc}") from None
 
     def attrs(self) -> dict[str, Any]:
         """The ``tilesegment`` attribute of the group as created, less the store's writer
@@ -316,4 +353,8 @@ class ZarrOutput(Output):
 
     def _finalize(self) -> None:
         self.store.mark_complete(self.run_id)
+        try:
+            manifest.remove(self.store.root)  # not part of the output
+        except OSError as exc:
+            raise OutputError(f"cannot complete {self.path}: {exc.strerror or exc}") from None
         atomic.publish(self.store.root, self.path, overwrite=self.overwrite)
