@@ -189,6 +189,7 @@ def plan_input(source: Any, output: str | os.PathLike, *, overwrite: bool = Fals
     differs, unless ``overwrite``."""
     from tilesegment.plan import build_plan
 
+    settings.pop("resume", None)  # how to finish an unfinished run: not a plan setting
     existing = None if overwrite else _complete_output(Path(output))
     if existing is None:
         return build_plan(source, output, overwrite=overwrite, resolve=False, **settings), None
