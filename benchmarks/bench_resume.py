@@ -12,8 +12,9 @@ What it does, all through the CLI (each run its own process, as a user would):
 3. ``--resume`` onto that output: wall time ``R``, and its output compared byte-for-byte
    with the undisturbed one.
 
-The figure of merit is ``R / (T/2)``: 1.0 means resuming costs no more than the half of the
-work that was left; above 1 is the overhead (process start, model load, reading the
+The figures of merit are ``R / (T/2)``, and ``R`` over the undisturbed time of the blocks
+the manifest had not recorded (``T · left/total``): 1.0 means resuming costs no more than
+the work that was left; above 1 is the overhead (process start, model load, reading the
 manifest, the blocks that were running when the kill came and are redone). Results go to
 ``benchmarks/results/resume.json`` with the machine and the background load.
 """
@@ -100,7 +101,9 @@ def main() -> None:
         full, _ = run(["run", *common, "-o", str(work / "full.zarr")])
         killed_at = full / 2
         _, status = run(["run", *common, "-o", str(work / "resumed.zarr")], kill_after=killed_at)
-        stores = [p.name for p in work.iterdir() if ".partial-" in p.name]
+        stores = [p for p in work.iterdir() if ".partial-" in p.name]
+        done = sum(len(list((p / "done").glob("*.json"))) for p in stores)  # the manifest
+        blocks = (-(-a.side // a.block_size)) ** 2
         resume, _ = run(["run", *common, "-o", str(work / "resumed.zarr"), "--resume"])
         identical = tree_digest(work / "full.zarr") == tree_digest(work / "resumed.zarr")
         result = {
@@ -112,9 +115,12 @@ def main() -> None:
             "undisturbed_s": round(full, 2),
             "killed_after_s": round(killed_at, 2),
             "killed_status": status,
-            "stores_left": stores,
+            "stores_left": [p.name for p in stores],
+            "blocks_done_at_kill": done,
+            "blocks_total": blocks,
             "resume_s": round(resume, 2),
             "resume_over_half": round(resume / (full / 2), 3),
+            "resume_over_left": round(resume / (full * (blocks - done) / blocks), 3),
             "identical_bytes": identical,
             "loadavg_1min": [round(load0, 2), round(loadavg(), 2)],
         }
