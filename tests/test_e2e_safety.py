@@ -92,23 +92,6 @@ def failed(result: Result) -> str:
 
 # -- disk full ---------------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 4 MB tmpfs (root only); unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 # (output name, extra flags, raster side): the GeoTIFF sides fit the scratch store but not
 # the GeoTIFFs as well (failure while transcoding); the Zarr side does not fit at all.
 DISK_CASES = [("out.tif", [], 900), ("out.tif", ["--cog"], 900), ("out.zarr", [], 1300)]

@@ -255,23 +255,6 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path):
     assert_same_output(out, reference(tmp_path, src, "out.zarr"))
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 4 MB tmpfs (root only); unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 @pytest.mark.slow
 def test_disk_full_keeps_the_finished_blocks_and_resumes_once_freed(tmp_path, small_disk):
     """A Zarr output (1.4 MB with probabilities) onto a 4 MB disk a filler leaves ~0.6 MB
