@@ -16,10 +16,20 @@ range) are missing, like NaN and nodata (see :func:`~tilesegment.normalize.missi
 and counted. A pixel whose logits are not all finite although its input was valid (a model
 fault) becomes nodata in the mask, NaN in probabilities and logits, and is counted: the run
 reports both counts (``RunSummary`` and one warning each), it does not fail.
+
+Tiles with nothing to segment are not run (:class:`Skipping`): a tile whose used output
+(its core under ``crop``, core plus footprint under ``gaussian``) is all nodata, or lies
+wholly outside the tissue mask. A pixel that no run tile covers is nodata where its input
+is missing, else the background class (class 0: logits 0 for it and
+:data:`BACKGROUND_GAP` below for every other class), written without calling the model; a
+block with no tile to run never builds the model. The tiles that run read the same
+context as before, so their pixels do not change (under ``gaussian`` the blend of a
+non-tissue pixel next to a skipped tile is over the tiles that ran).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,15 +38,29 @@ import numpy as np
 from tilesegment.errors import portable_errors
 from tilesegment.grid import TileSpec
 from tilesegment.merge import merger_for, softmax
+from tilesegment.normalize import missing_values, nonfinite_values
 from tilesegment.refine import Refiner, inner, refiner_for, widen
 from tilesegment.split import Splitter
 from tilesegment.workers import ModelRecipe, get_predictor
 
 Window = tuple[int, int, int, int]
 
-__all__ = ["BlockJob", "BlockResult", "RunStopped", "agreeing_probabilities", "blank_faults",
-           "block_array", "merge_block", "merge_window", "request_stop", "segment_block",
-           "softmax", "to_mask", "write_block"]
+__all__ = ["BACKGROUND_GAP", "BlockJob", "BlockResult", "RunStopped", "Skipping",
+           "agreeing_probabilities", "blank_faults", "block_array", "merge_block",
+           "merge_window", "request_stop", "segment_block", "softmax", "to_mask",
+           "write_block"]
+
+BACKGROUND_GAP = 1.0e4
+"""A pixel no run tile covers gets logit 0 for class 0 and ``-BACKGROUND_GAP`` for the
+others: softmax 1 and 0 in float32 and float16."""
+
+
+@dataclass(frozen=True)
+class Skipping:
+    """Which tiles a block leaves out: those whose used output is all nodata, and, with a
+    ``tissue`` mask (:class:`~tilesegment.tissue.TissueMask`), those it holds no tissue in."""
+
+    tissue: Any = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +80,8 @@ class BlockJob:
     crf_range: Any = None    # the raster's value range mapped to 8-bit for the CRF
     refiners: tuple[Refiner, ...] = ()  # further refiners, run before the CRF
     run_id: str | None = None  # names the run for request_stop (None: never stopped)
+    skipping: Skipping | None = None  # leave out empty tiles (not with refiners: they see
+    # every pixel's logits)
 
     def splitter(self) -> Splitter:
         """The splitter of this job's raster, tiling and normalisation."""
@@ -83,6 +109,8 @@ class BlockResult:
     disagreement: np.ndarray | None = None
     nonfinite: np.ndarray | None = None
     faults: np.ndarray | None = None
+    skipped: int = 0
+    """Tiles of the block left out (:class:`Skipping`); ``tiles`` counts those run."""
 
     def counts(self) -> dict[str, int]:
         """Pixels with non-finite input values and with non-finite logits."""
@@ -144,35 +172,124 @@ def segment_block(job: BlockJob, window: Window) -> BlockResult:
     keep = inner(wide, window)
     disagreement = None if merged.disagreement is None else merged.disagreement[keep]
     result = BlockResult(logits, merged.valid[keep], merged.tiles, disagreement,
-                         nonfinite=merged.nonfinite[keep], faults=merged.faults[keep])
+                         nonfinite=merged.nonfinite[keep], faults=merged.faults[keep],
+                         skipped=merged.skipped)
     return blank_faults(result)
 
 
 def merge_block(job: BlockJob, window: Window) -> BlockResult:
-    """Split → infer → merge with the job's pooled model (see :func:`merge_window`)."""
+    """Split → infer → merge with the job's pooled model (see :func:`merge_window`); the
+    model is fetched only when a tile runs. Empty tiles are skipped unless refiners follow
+    (they see every pixel's logits)."""
     check_stop(job)
-    return merge_window(job.splitter(), get_predictor(job.recipe), window,
-                        job.recipe.num_classes, stop=lambda: check_stop(job))
+    skipping = job.skipping if not job.stages() else None
+    return merge_window(job.splitter(), _Deferred(lambda: get_predictor(job.recipe)), window,
+                        job.recipe.num_classes, stop=lambda: check_stop(job),
+                        skipping=skipping)
+
+
+class _Deferred:
+    """A predictor fetched on first use (a block with no tile to run never builds one)."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def get(self) -> Any:
+        return self.make()
+
+
+def used_window(tile: Any, spec: TileSpec, shape: tuple[int, int]) -> Window:
+    """Raster window of ``tile``'s used output (see :func:`tilesegment.tissue.used_window`)."""
+    from tilesegment.tissue import used_window as window_of
+
+    return window_of(tile.i, tile.j, spec, shape)
+
+
+def _may_miss(raster: Any) -> bool:
+    """Whether ``raster`` can hold missing values (a nodata value, or floats: NaN, ±inf)."""
+    return raster.nodata is not None or np.dtype(raster.dtype).kind in "fc"
 
 
 def merge_window(splitter: Splitter, predictor: Any, window: Window,
-                 num_classes: int, stop: Any = None) -> BlockResult:
+                 num_classes: int, stop: Any = None,
+                 skipping: Skipping | None = None) -> BlockResult:
     """Split → infer → merge: every tile whose used output touches ``window``, run through
     ``predictor`` (``(N, C, T, T) → (N, K, o, o)``, with a ``batch_size``) one batch at a
     time and merged into the block; model faults blanked (:func:`blank_faults`). ``stop``
-    (a callable) is called before each batch: it raises to end the task early."""
-    spec = splitter.spec
-    stack = splitter.read(window, splitter.tiles_for(window))
+    (a callable) is called before each batch: it raises to end the task early.
+    ``skipping``: leave out empty tiles (:class:`Skipping`); the pixels no run tile covers
+    become background (class 0) or nodata."""
+    spec, shape = splitter.spec, splitter.shape
+    tiles = splitter.tiles_for(window)
+    wanted = tiles
+    tissue = None if skipping is None else skipping.tissue
+    if tissue is not None:
+        wanted = [t for t in tiles
+                  if tissue.window_has_tissue(used_window(t, spec, shape), shape)]
     merger = merger_for(spec.blend)(spec, window, num_classes)
+    r0, r1, c0, c1 = window
+    if not wanted:  # nothing to run: read only what says which pixels are nodata
+        valid = np.ones((r1 - r0, c1 - c0), bool)
+        nonfinite = np.zeros((r1 - r0, c1 - c0), bool)
+        if _may_miss(splitter.raster):
+            raw = splitter.raster.read(window)
+            valid = ~missing_values(raw, splitter.raster.nodata).all(axis=0)
+            nonfinite = nonfinite_values(raw, splitter.raster.nodata).any(axis=0)
+        return _fill_background(merger, [], spec, shape, window, valid, nonfinite,
+                                len(tiles), num_classes)
+    stack = splitter.read(window, tiles)  # every tile's context, as without skipping
+    run = wanted
+    if skipping is not None:  # a tile whose used output is all nodata is not run
+        top, left = stack.origin
+        run = []
+        for t in wanted:
+            y0, y1, x0, x1 = used_window(t, spec, shape)
+            if stack.present[y0 - top:y1 - top, x0 - left:x1 - left].any():
+                run.append(t)
+    if not run:
+        return _fill_background(merger, [], spec, shape, window, stack.valid,
+                                stack.nonfinite, len(tiles), num_classes)
+    if isinstance(predictor, _Deferred):
+        predictor = predictor.get()
+    stack = dataclasses.replace(stack, tiles=run) if len(run) < len(tiles) else stack
     # crop blend: only each tile's core comes back from the model's device
     crop = getattr(merger, "core_crop", None)
     crop = crop(spec) if crop is not None and getattr(predictor, "crops", False) else None
-    for tiles, batch in stack.batches(predictor.batch_size):
+    for group, batch in stack.batches(predictor.batch_size):
         if stop is not None:
             stop()
-        merger.add(tiles, predictor(batch) if crop is None else predictor(batch, crop=crop))
-    result = BlockResult(merger.result(), stack.valid, len(stack), merger.disagreement(),
-                         nonfinite=stack.nonfinite)
+        merger.add(group, predictor(batch) if crop is None else predictor(batch, crop=crop))
+    if skipping is None:
+        result = BlockResult(merger.result(), stack.valid, len(stack), merger.disagreement(),
+                             nonfinite=stack.nonfinite)
+        return blank_faults(result)
+    return _fill_background(merger, run, spec, shape, window, stack.valid, stack.nonfinite,
+                            len(tiles), num_classes)
+
+
+def _fill_background(merger: Any, run: list, spec: TileSpec, shape: tuple[int, int],
+                     window: Window, valid: np.ndarray, nonfinite: np.ndarray, total: int,
+                     num_classes: int) -> BlockResult:
+    """The merged block with every pixel that no tile of ``run`` covers set to the
+    background class's logits (:data:`BACKGROUND_GAP`); model faults blanked."""
+    r0, r1, c0, c1 = window
+    covered = np.zeros((r1 - r0, c1 - c0), bool)
+    for t in run:
+        y0, y1, x0, x1 = used_window(t, spec, shape)
+        covered[max(y0, r0) - r0:max(min(y1, r1) - r0, 0),
+                max(x0, c0) - c0:max(min(x1, c1) - c0, 0)] = True
+    with np.errstate(invalid="ignore", divide="ignore"):  # gaussian: 0/0 where uncovered
+        logits = merger.result()
+    if not covered.all():
+        empty = ~covered
+        logits[0][empty] = 0.0
+        for k in range(1, num_classes):
+            logits[k][empty] = -BACKGROUND_GAP
+    disagreement = merger.disagreement()
+    if disagreement is not None:
+        disagreement = disagreement & covered
+    result = BlockResult(logits, valid, len(run), disagreement, nonfinite=nonfinite,
+                         skipped=total - len(run))
     return blank_faults(result)
 
 
@@ -267,7 +384,7 @@ def write_block(job: BlockJob, window: Window, with_probabilities: bool,
     k = job.recipe.num_classes
     counts = np.bincount(mask[result.valid].ravel(), minlength=k)[:k]
     done = {"counts": counts.astype(np.int64), "nodata": int((~result.valid).sum()),
-            "tiles": result.tiles, **result.counts()}
+            "tiles": result.tiles, "skipped": result.skipped, **result.counts()}
     check_stop(job)
     # recorded with the block in the store's manifest: a resumed run sums these counts
     output.write_block(window[0], window[2], mask, probs, disagreement=disagreement,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegment.block import BlockJob, block_array, write_block
+from tilesegment.block import BlockJob, Skipping, block_array, write_block
 from tilesegment.errors import NonFiniteWarning
 from tilesegment.execute import compute
 from tilesegment.grid import iter_blocks
@@ -55,6 +55,8 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
     nonfinite_input_pixels: int = 0
     nonfinite_logit_pixels: int = 0
+    tiles_skipped: int = 0
+    """Tiles not run: all nodata, or outside the tissue (``tiles`` counts those run)."""
 
 
 def _holding_output_lock(func):
@@ -106,6 +108,8 @@ def segment(
     precision: str = "fp32",
     compile: bool = False,
     resume: bool = False,
+    tissue: str = "auto",
+    tissue_mask: str | Path | None = None,
 ) -> np.ndarray | RunSummary:
     """Segment ``source`` tile by tile.
 
@@ -121,6 +125,10 @@ def segment(
     to refine each block with a fully connected CRF over the block plus the CRF's halo.
     ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA only) model calls under
     ``torch.autocast``; ``compile``: ``torch.compile`` the model once per process.
+    ``tissue``: ``auto`` (Otsu for RGB slides, none otherwise), ``otsu`` or ``none``;
+    ``tissue_mask``: a raster of the user's (non-zero = tissue) instead. Tiles outside the
+    tissue, or all nodata, are not run: background (class 0) or nodata, see
+    :mod:`tilesegment.block`.
 
     With ``output=None`` returns the stitched result as a numpy array: ``returns="mask"``
     gives class ids ``(H, W)`` uint8/uint16 (nodata = 255/65535), ``"probabilities"`` or
@@ -143,7 +151,7 @@ def segment(
         save_probabilities=save_probabilities, save_disagreement=save_disagreement, crf=crf,
         returns=returns, overwrite=overwrite, cog=cog, scheduler=scheduler, workers=workers,
         channels_last=channels_last, progress=progress, seed=seed, protect=protect,
-        precision=precision, compile=compile)
+        precision=precision, compile=compile, tissue=tissue, tissue_mask=tissue_mask)
     plan = build_plan(source, output, **settings)
     if resume and plan.output.path is not None:
         from tilesegment.resume import resume_plan
@@ -232,7 +240,8 @@ def _block_job(plan: RunPlan, recipe: ModelRecipe, target: Any) -> BlockJob:
         mask_nodata=int(np.iinfo(dtype).max), mask_dtype=dtype.str,
         crf=None if crf is None else crf.params,
         crf_range=None if crf is None else crf.value_range,
-        run_id=None if target is None else target.run_id)
+        run_id=None if target is None else target.run_id,
+        skipping=None if crf is not None else Skipping(tissue=plan.tissue.mask))
 
 
 def _windows(plan: RunPlan) -> list[tuple[int, int, int, int]]:
@@ -299,7 +308,8 @@ def publish(plan: RunPlan, path: str | Path, results: list[dict],
                   "block": list(exe.block), "random_weights": plan.model.random_weights,
                   "fingerprint": plan.fingerprint},
         nonfinite_input_pixels=nonfinite["nonfinite"],
-        nonfinite_logit_pixels=nonfinite["faults"])
+        nonfinite_logit_pixels=nonfinite["faults"],
+        tiles_skipped=sum(r.get("skipped", 0) for r in results))
 
 
 def _warn_nonfinite(raster, counts: dict[str, int]) -> None:
@@ -358,6 +368,9 @@ def provenance(plan: RunPlan) -> dict:
         "input": {"path": src.description, "shape": list(src.shape), "dtype": src.dtype,
                   "level": src.level, "mpp": src.mpp},
         "fingerprint": plan.fingerprint,
+        "tissue": {"asked": plan.tissue.asked, "mode": plan.tissue.mode,
+                   "method": plan.tissue.method, "mask_file": plan.tissue.mask_file,
+                   "tiles": plan.tissue.tiles, "tiles_skipped": plan.tissue.skipped},
     }
     if resolved.card is not None:  # a checkpoint: its training record
         prov["training"] = resolved.card.training

@@ -113,6 +113,9 @@ class TileStack:
     window: Window
     valid: np.ndarray
     nonfinite: np.ndarray
+    present: np.ndarray | None = None
+    """``bool (H', W')``: canvas pixels with at least one band that is not missing (what
+    decides which tiles hold only nodata, :mod:`tilesegment.block`)."""
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -194,7 +197,8 @@ class Splitter:
         canvas = normalize(raw, self.mean, self.std)
         canvas[missing] = 0.0  # a missing value becomes its band's mean, not a wild raw value
         del raw, missing
-        return TileStack(tiles, canvas, (top, left), side, window, ok[inside[1:]], nonfinite)
+        return TileStack(tiles, canvas, (top, left), side, window, ok[inside[1:]], nonfinite,
+                         present=ok)
 
     # --- training ------------------------------------------------------------------------
 

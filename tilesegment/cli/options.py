@@ -40,6 +40,7 @@ RUN_SECTIONS = (
                    "precision", "compile", "progress")),
     ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
                    "crf_theta_beta", "crf_w2", "crf_theta_gamma")),
+    ("Skipping empty tiles", ("tissue", "tissue_mask")),
     ("Scoring against a truth mask", ("truth", "ignore_index", "instances", "mapping",
                                       "allow_crs_alias", "resample_truth", "seam_width",
                                       "core", "json_out", "csv_out", "report_dir")),
@@ -142,6 +143,14 @@ OPTIONS = (
     click.option("--crf-w2", type=click.FloatRange(min=0), help="Smoothness kernel weight."),
     click.option("--crf-theta-gamma", type=click.FloatRange(min=0, min_open=True),
                  help="Smoothness kernel position scale θγ (px)."),
+    click.option("--tissue", type=click.Choice(["auto", "otsu", "none"]), default="auto",
+                 show_default=True,
+                 help="Skip tiles of glass: otsu computes a tissue mask from a low-resolution "
+                 "level (Otsu on saturation); auto = otsu for RGB slides, none otherwise. "
+                 "Tiles that are all nodata are skipped in every mode."),
+    click.option("--tissue-mask", "tissue_mask", type=click.Path(exists=True),
+                 help="Your own tissue mask (a raster at any resolution covering the input; "
+                 "non-zero = tissue) instead of --tissue."),
     click.option("--truth", type=click.Path(exists=True),
                  help="Truth mask: evaluate the written mask against it (see `evaluate`)."),
     truth_options,

@@ -31,7 +31,9 @@ def plan(sources: tuple[str, ...], output: str, level: int | None, mpp: float | 
 
     Reads the raster's metadata only and builds no model (torch is not even imported for a
     registered model name): the same checks and errors as `run`, then the plan and its
-    fingerprint. Normalisation statistics of `--normalize raster` are computed only by the run.
+    fingerprint. Normalisation statistics of `--normalize raster` are computed only by the run;
+    a tissue mask (--tissue otsu, or auto on a slide) is computed from a low-resolution read
+    to count the tiles it skips.
     """
     source = single_source(sources, output, output_format)
     if source is None:  # each input's plan, or why it is skipped or fails
@@ -51,6 +53,7 @@ def plan(sources: tuple[str, ...], output: str, level: int | None, mpp: float | 
     check_usage(output, level, mpp, cog, dashboard, local_cluster, devices, scheduler,
                 options["device"])
     from tilesegment.plan import build_plan, describe_plan
+    from tilesegment.plan.build import with_tissue_mask
     from tilesegment.plan.describe import format_plan
 
     truth_settings = {name: options.pop(name) for name in TRUTH_ALIGNMENT}
@@ -60,6 +63,7 @@ def plan(sources: tuple[str, ...], output: str, level: int | None, mpp: float | 
     run_plan = build_plan(source, output, level=level, mpp=mpp, cog=cog,
                           scheduler=scheduler, progress=bool(progress), resolve=False,
                           **settings)
+    run_plan = with_tissue_mask(run_plan)  # a low-resolution read: how many tiles it skips
     if as_json:
         click.echo(json.dumps(describe_plan(run_plan), indent=2))
     else:

@@ -177,6 +177,10 @@ def _report(summary) -> None:
     blocks = f"{summary.blocks} block{'s' if summary.blocks != 1 else ''}"
     click.echo(f"wrote {summary.output}  ({w} × {h} px, {summary.tiles} tiles in {blocks}, "
                f"{summary.seconds:.1f} s)")
+    if summary.tiles_skipped:
+        click.echo(f"  skipped {summary.tiles_skipped} tile"
+                   f"{'s' if summary.tiles_skipped != 1 else ''} with no tissue or only "
+                   "nodata (background class 0 / nodata, model not run)")
     total = max(int(summary.class_counts.sum()), 1)
     for name, count in zip(summary.class_names, summary.class_counts, strict=True):
         click.echo(f"  {name:<16} {count / total:7.2%}")

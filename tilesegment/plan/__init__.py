@@ -20,10 +20,11 @@ from tilesegment.plan.model import (
     OutputPlan,
     RunPlan,
     SourcePlan,
+    TissuePlan,
 )
 from tilesegment.plan.recipe import RECIPE_KEYS, load_recipe, read_recipe
 
 __all__ = ["RECIPE_KEYS", "CRFPlan", "ExecutionPlan", "GeometryPlan", "ModelPlan",
-           "NormalizationPlan", "OutputPlan", "RunPlan", "SourcePlan", "build_plan",
+           "NormalizationPlan", "OutputPlan", "RunPlan", "SourcePlan", "TissuePlan", "build_plan",
            "complete_plan", "describe_plan", "fingerprint", "fingerprint_fields", "flat_fields",
            "load_recipe", "read_recipe"]

@@ -22,6 +22,7 @@ import numpy as np
 from tilesegment import limits
 from tilesegment.errors import (
     GeometryError,
+    InputError,
     ModelError,
     RandomWeightsWarning,
     SeamWarning,
@@ -49,6 +50,7 @@ from tilesegment.plan.model import (
     OutputPlan,
     RunPlan,
     SourcePlan,
+    TissuePlan,
 )
 from tilesegment.read import open_raster
 from tilesegment.workers import (
@@ -96,6 +98,8 @@ def build_plan(
     protect: tuple[str | Path, ...] = (),
     precision: str = "fp32",
     compile: bool = False,
+    tissue: str = "auto",
+    tissue_mask: str | Path | None = None,
     resolve: bool = True,
 ) -> RunPlan:
     """The :class:`RunPlan` of ``segment(source, output, **settings)`` (same arguments),
@@ -119,7 +123,9 @@ def build_plan(
         require_pydensecrf()  # an optional extra: said before anything is read or built
     raster = open_raster(source, level=level, mpp=mpp)
     shape = (raster.height, raster.width)
-    inputs = _run_inputs(source, raster, model, weights, backbone_weights, protect)
+    tissue_plan = _tissue_plan(tissue, tissue_mask, raster, crf)
+    inputs = _run_inputs(source, raster, model, weights, backbone_weights,
+                         (*protect, *((tissue_mask,) if tissue_mask else ())))
     kind = "memory"
     if output is not None:  # refused here, before any model is built or pixel read
         from tilesegment.write import check_output
@@ -198,8 +204,58 @@ def build_plan(
             tiles=rows * cols, batch_size=batch_size, device=device,
             device_type=_device_type(device), channels_last=bool(channels_last),
             scheduler=scheduler, local=local, workers=n_workers, progress=bool(progress),
-            task_memory=memory, precision=precision, compile=bool(compile)))
+            task_memory=memory, precision=precision, compile=bool(compile)),
+        tissue=tissue_plan)
     return replace(plan, fingerprint=fingerprint(plan))
+
+
+def _tissue_plan(tissue: Any, tissue_mask: Any, raster: Any, crf: Any) -> TissuePlan:
+    """The tissue section: ``auto`` is Otsu for an RGB slide and none for anything else
+    (GeoTIFF scenes, Zarr, arrays); a mask file replaces Otsu. Skipping by tissue is
+    refused with the dense CRF (it sees every pixel's logits)."""
+    from tilesegment.plan.fingerprint import file_identity
+    from tilesegment.tissue import METHOD, TISSUE_MODES
+
+    if tissue not in TISSUE_MODES:
+        raise SettingError(f"tissue must be one of {', '.join(TISSUE_MODES)}, not {tissue!r}")
+    with_crf = crf is not None and crf is not False
+    if tissue_mask is not None:
+        if tissue != "auto":
+            raise SettingError(f"--tissue-mask gives the tissue: drop --tissue {tissue}")
+        path = Path(tissue_mask).expanduser()
+        if not path.exists():
+            raise InputError(f"{tissue_mask}: tissue mask not found")
+        if with_crf:
+            raise SettingError("--tissue-mask with --crf: the CRF sees every pixel's "
+                               "logits, no tile can be skipped")
+        return TissuePlan("mask", "mask", method="mask-any-v1",
+                          mask_file=str(path.resolve()), identity=file_identity(path))
+    if tissue == "otsu" and with_crf:
+        raise SettingError("--tissue otsu with --crf: the CRF sees every pixel's logits, "
+                           "no tile can be skipped; use --tissue none")
+    if tissue == "otsu" and raster.bands != 3:
+        raise SettingError(f"{raster.source}: --tissue otsu needs an RGB slide (3 bands), "
+                           f"not {raster.bands}; give your own mask with --tissue-mask")
+    slide = raster.kind == "slide" and raster.bands == 3 and not with_crf
+    mode = "otsu" if tissue == "otsu" or (tissue == "auto" and slide) else "none"
+    return TissuePlan(tissue, mode, method=METHOD if mode == "otsu" else None)
+
+
+def with_tissue_mask(plan: RunPlan) -> RunPlan:
+    """``plan`` with its tissue mask computed (a low-resolution read of the slide, or the
+    mask file read) and the tiles it rules out counted; unchanged without one."""
+    from tilesegment import tissue as tissue_mod
+
+    section, raster = plan.tissue, plan.source.raster
+    if section.mode == "none" or section.mask is not None:
+        return plan
+    shape = (raster.height, raster.width)
+    if section.mode == "otsu":
+        mask = tissue_mod.compute_otsu(raster)
+    else:
+        mask = tissue_mod.from_mask_raster(open_raster(section.mask_file), shape)
+    skipped, total = tissue_mod.planned_skips(mask, plan.geometry.spec, shape)
+    return replace(plan, tissue=replace(section, mask=mask, skipped=skipped, tiles=total))
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -521,7 +577,7 @@ def complete_plan(plan: RunPlan) -> RunPlan:
         hi = np.maximum(stats.mean + 3 * stats.std, lo + 1e-9)
         crf = replace(crf, value_range=(tuple(map(float, lo)), tuple(map(float, hi))),
                       computed=True)
-    return replace(plan, normalization=norm, crf=crf)
+    return with_tissue_mask(replace(plan, normalization=norm, crf=crf))
 
 
 def _floats(values: Any) -> tuple[float, ...]:

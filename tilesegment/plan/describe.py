@@ -49,6 +49,9 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
                       "workers": exe.workers, "progress": exe.progress,
                       "precision": exe.precision, "compile": exe.compile,
                       "task_memory_bytes": exe.task_memory},
+        "tissue": {"asked": plan.tissue.asked, "mode": plan.tissue.mode,
+                   "method": plan.tissue.method, "mask_file": plan.tissue.mask_file,
+                   "tiles": plan.tissue.tiles, "tiles_skipped": plan.tissue.skipped},
         "fingerprint": plan.fingerprint,
     }
 
@@ -105,9 +108,24 @@ def format_plan(plan: RunPlan) -> list[str]:
         f"precision    {exe.precision}{', torch.compile' if exe.compile else ''}",
         f"output       {target}",
         f"layers       {', '.join(out.layers)}",
+        f"skip         {_skipping(plan)}",
         f"fingerprint  {plan.fingerprint}",
     ]
     return lines
+
+
+def _skipping(plan: RunPlan) -> str:
+    """What the run leaves out: tiles outside the tissue mask, and all-nodata tiles."""
+    tissue = plan.tissue
+    nodata = "tiles all nodata (found as blocks are read)"
+    if tissue.mode == "none":
+        return nodata + (" (no tissue mask: the CRF sees every tile)"
+                         if plan.crf is not None else "")
+    what = ("Otsu tissue mask (saturation, low-resolution level)" if tissue.mode == "otsu"
+            else f"tissue mask {tissue.mask_file}")
+    count = ("" if tissue.skipped is None
+             else f": {tissue.skipped} of {tissue.tiles} tiles have no tissue")
+    return f"{what}{count}; {nodata}"
 
 
 def _values(values: Any) -> str:

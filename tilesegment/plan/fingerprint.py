@@ -5,7 +5,8 @@ file agree; a NumPy array: the sha256 of its bytes with shape and dtype; a Dask 
 ``dask.base.tokenize``), level and mpp; the model's content key (architecture, weights
 sha256, classes, channels, options, seed of random weights); tile, halo, shrink, pad mode
 and value, blend and margin; the normalisation mode with an explicit mean/std; the CRF's
-parameters; the output kind, layers and ``cog`` (or what an in-memory run returns); the
+parameters; the tissue mode, its method and the mask file's identity; the output kind,
+layers and ``cog`` (or what an in-memory run returns); the
 device type computing the floats and, only on CUDA, the batch size and memory format
 (cuDNN picks kernels by shape; on the CPU each model call is one tile, see
 :mod:`tilesegment.infer`); the precision (``fp32``/``bf16``/``fp16``) and whether the model
@@ -89,6 +90,8 @@ def fingerprint_fields(plan: Any) -> dict[str, Any]:
         "crf": None if plan.crf is None else dataclasses.asdict(plan.crf.params),
         "output": {"kind": out.kind, "layers": list(out.layers), "cog": out.cog,
                    "returns": out.returns if out.path is None else None},
+        "tissue": {"mode": plan.tissue.mode, "method": plan.tissue.method,
+                   "mask": plan.tissue.identity},
         "device": {"type": exe.device_type,
                    "batch_size": exe.batch_size if on_cuda else None,
                    "channels_last": exe.channels_last if on_cuda else None,

@@ -193,6 +193,26 @@ class ExecutionPlan:
 
 
 @dataclass(frozen=True)
+class TissuePlan:
+    """Which tiles a run skips (:mod:`tilesegment.tissue`): ``asked`` (``auto``, ``otsu``,
+    ``none``, or ``mask`` for ``--tissue-mask``), ``mode`` it means for this input
+    (``otsu``, ``mask`` or ``none``: tiles that are all nodata are skipped in every mode),
+    the mask file (absolute path) and its ``identity`` for the fingerprint; ``method``
+    names the algorithm. ``skipped`` and ``tiles``: tiles the mask rules out, once the mask
+    is computed (``mask``, filled by :func:`~tilesegment.plan.build.complete_plan`)."""
+
+    asked: str
+    mode: str
+    method: str | None = None
+    mask_file: str | None = None
+    identity: str | None = None
+    skipped: int | None = None
+    tiles: int | None = None
+    mask: Any = field(default=None, compare=False, repr=False)
+    """The :class:`~tilesegment.tissue.TissueMask` once computed."""
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """Every setting of one run, and its :attr:`fingerprint`."""
 
@@ -204,3 +224,4 @@ class RunPlan:
     output: OutputPlan
     execution: ExecutionPlan
     fingerprint: str = ""
+    tissue: TissuePlan = TissuePlan("none", "none")

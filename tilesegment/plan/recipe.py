@@ -47,6 +47,7 @@ RECIPE_KEYS: dict[str, dict[str, str]] = {
                   "workers": "workers", "progress": "progress",
                   "local_cluster": "local_cluster", "dashboard": "dashboard",
                   "devices": "devices", "precision": "precision", "compile": "compile"},
+    "tissue": {"mode": "tissue", "mask": "tissue_mask"},
     "truth": {"path": "truth", "ignore_index": "ignore_index", "instances": "instances",
               "map": "mapping", "allow_crs_alias": "allow_crs_alias",
               "resample_truth": "resample_truth", "seam_width": "seam_width", "core": "core",
