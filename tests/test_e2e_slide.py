@@ -21,7 +21,9 @@ from tilesegment.cli.main import cli
 
 pytestmark = pytest.mark.shared
 
-IDENTITY = ["--model", "identity", "--classes", "3"]
+IDENTITY = ["--model", "identity", "--classes", "3", "--tissue", "none"]
+# (--tissue none: every tile runs, so the mask is argmax of every pixel; skipping glass is
+# tested in test_skip.py)
 
 
 def invoke(*args: object) -> Result:

@@ -18,6 +18,7 @@ RULES = {
     "rasterio": ("read/", "write/"),
     "tifffile": ("read/", "write/"),
     "zarr": ("read/", "write/"),
+    "openslide": ("read/",),
 }
 # The registry's spec side must load without torch (``tilesegment models`` stays fast).
 TORCH_FREE = ("models/registry.py", "models/spec.py", "models/unet_geometry.py",

@@ -1,8 +1,11 @@
 """``open_raster``: one entry point that picks the reader for a path, an array or a raster.
 
-Paths: a directory or ``*.zarr`` → :class:`ZarrRaster`; a TIFF → :class:`SlideRaster`
+Paths: a directory or ``*.zarr`` → :class:`ZarrRaster`; ``*.ndpi``, ``*.mrxs``, ``*.scn``,
+``*.vms``, ``*.vmu``, ``*.bif`` → :class:`OpenSlideRaster`; a TIFF → :class:`SlideRaster`
 (SVS, OME-TIFF, ImageJ, or any TIFF without georeference tags, pyramids included) or
-:class:`GeoTiffRaster` (GeoTIFF or GDAL tags); anything else → GDAL via rasterio.
+:class:`GeoTiffRaster` (GeoTIFF or GDAL tags), and a TIFF slide that tifffile cannot decode
+(an unsupported compression) but OpenSlide recognises → :class:`OpenSlideRaster`; anything
+else → GDAL via rasterio.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegment.errors import GeometryError, InputError
+from tilesegment.errors import DamagedInputError, GeometryError, InputError
 from tilesegment.read.array import ArrayRaster, is_dask_array
 from tilesegment.read.base import Raster
 from tilesegment.read.resample import ResampledRaster, level_for_mpp, needs_resampling
@@ -32,6 +35,10 @@ def _open_path(path: Path, level: int) -> Raster:
         raise InputError(f"{path}: file not found")
     if path.is_dir() or path.suffix.lower() == ".zarr":
         return ZarrRaster(path, level)
+    from tilesegment.read import openslide_reader
+
+    if path.suffix.lower() in openslide_reader.SUFFIXES:
+        return openslide_reader.OpenSlideRaster(path, level)
     try:
         tiff = validate.is_tiff(path)
     except OSError as exc:
@@ -43,7 +50,19 @@ def _open_path(path: Path, level: int) -> Raster:
         slide = tiffmeta.is_slide(tif)
     finally:
         tif.close()
-    return SlideRaster(path, level) if slide else GeoTiffRaster(path, level)
+    if not slide:
+        return GeoTiffRaster(path, level)
+    try:
+        return SlideRaster(path, level)
+    except DamagedInputError:
+        raise
+    except InputError as exc:  # intact but not decodable by tifffile: OpenSlide's turn
+        if openslide_reader.openslide_vendor(path) is None:
+            raise
+        try:
+            return openslide_reader.OpenSlideRaster(path, level)
+        except InputError:
+            raise exc from None
 
 
 def open_raster(
