@@ -29,12 +29,15 @@ class CountingSign(torch.nn.Module):
 
     calls = 0
     tiles = 0
+    fail_after: int | None = None  # raise from this call on (a model fault, for resume)
     lock = threading.Lock()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with CountingSign.lock:
             CountingSign.calls += 1
             CountingSign.tiles += int(x.shape[0])
+        if CountingSign.fail_after is not None and CountingSign.calls > CountingSign.fail_after:
+            raise RuntimeError("model fault (test)")
         return torch.cat([x, -x], dim=1)
 
     @classmethod
@@ -189,8 +192,38 @@ def test_slide_cores_that_ran_are_byte_identical(slide_runs: dict) -> None:
     assert skipped > 0
 
 
+def test_resume_refuses_a_changed_tissue_setting(tmp_path: Path) -> None:
+    """A run with a tissue mask fails after its first two blocks (16 model calls each);
+    resuming it without the mask is refused naming the tissue setting; with the mask it
+    finishes."""
+    import tifffile
+
+    from tilesegment.errors import UnfinishedOutputError
+
+    image = np.random.default_rng(2).normal(size=(64, 64)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    tifffile.imwrite(tmp_path / "tissue.tif", np.ones((32, 32), np.uint8))
+    settings = dict(SMALL, model=NAME, classes=2, block_size=32)
+    out = tmp_path / "out.zarr"
+    CountingSign.reset()
+    CountingSign.fail_after = 32  # on the CPU one call per tile: 16 tiles a block
+    try:
+        with pytest.raises(RuntimeError, match="model fault"):
+            segment(tmp_path / "in.tif", out, tissue_mask=tmp_path / "tissue.tif",
+                    **settings)
+    finally:
+        CountingSign.fail_after = None
+    with pytest.raises(UnfinishedOutputError, match="tissue"):
+        segment(tmp_path / "in.tif", out, resume=True, **settings)
+    summary = segment(tmp_path / "in.tif", out, resume=True,
+                      tissue_mask=tmp_path / "tissue.tif", **settings)
+    assert summary.blocks == 4
+    mask = zarr.open_group(out, mode="r")["mask"][:]
+    np.testing.assert_array_equal(mask, (image < 0).astype(np.uint8))
+
+
 @pytest.mark.shared
-def test_changed_tissue_setting_refuses_resume(shared_data: Path, tmp_path: Path) -> None:
+def test_changed_tissue_setting_changes_the_fingerprint(shared_data: Path, tmp_path: Path) -> None:
     from tilesegment.plan import build_plan, flat_fields
 
     slide = shared_data / "slide" / "cmu_small_region.svs"
