@@ -126,6 +126,20 @@ def test_otsu_threshold_agrees_with_scikit_image() -> None:
         assert otsu_threshold(values) == pytest.approx(filters.threshold_otsu(values))
 
 
+def test_reduce_raster_is_a_nan_mean_whatever_the_strips(monkeypatch) -> None:
+    import tilesegment.tissue as tissue
+    from tilesegment.read import open_raster
+
+    a = np.random.default_rng(0).random((3, 101, 77)).astype(np.float32)
+    a[0, 5, 5] = np.nan
+    padded = np.pad(a, ((0, 0), (0, 3), (0, 3)), constant_values=np.nan)
+    want = np.nanmean(padded.reshape(3, 26, 4, 20, 4), axis=(2, 4))
+    whole = tissue.reduce_raster(open_raster(a), 4)
+    monkeypatch.setattr(tissue, "STRIP_VALUES", 3 * 77 * 4)  # strips of 4 rows
+    np.testing.assert_allclose(tissue.reduce_raster(open_raster(a), 4), want, rtol=1e-12)
+    np.testing.assert_allclose(whole, want, rtol=1e-12)
+
+
 # --- the CMU slide -------------------------------------------------------------------------
 
 SLIDE_ARGS = ["--model", "identity", "--classes", "3", "--tile", "32", "--halo", "4",

@@ -122,17 +122,21 @@ def otsu_tissue(rgb: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     return tissue if valid is None else tissue & valid
 
 
-def reduce_raster(raster: Any, factor: int, reduce: str = "mean",
-                  rows_per_read: int = 2048) -> np.ndarray:
+STRIP_VALUES = 1 << 23
+"""Band values per strip :func:`reduce_raster` reads (64 MiB as float64)."""
+
+
+def reduce_raster(raster: Any, factor: int, reduce: str = "mean") -> np.ndarray:
     """``raster`` read in strips and reduced by ``factor`` × ``factor`` blocks: ``float64
     (C, ceil(H/f), ceil(W/f))`` block means (``reduce="mean"``; missing values left out) or
-    ``bool`` "any non-zero valid value" (``"any"``). Memory: one strip."""
+    ``bool`` "any non-zero valid value" (``"any"``). Memory: one strip of about
+    :data:`STRIP_VALUES` values (at least ``factor`` rows)."""
     from tilesegment.normalize import missing_values
 
     c, h, w = raster.bands, raster.height, raster.width
     oh, ow = -(-h // factor), -(-w // factor)
     out = np.zeros((c, oh, ow), bool if reduce == "any" else np.float64)
-    step = max(factor, rows_per_read // factor * factor)
+    step = max(factor, STRIP_VALUES // max(c * w, 1) // factor * factor)
     for r0 in range(0, h, step):
         r1 = min(h, r0 + step)
         data = raster.read((r0, r1, 0, w))
