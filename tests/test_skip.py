@@ -132,7 +132,7 @@ def test_reduce_raster_is_a_nan_mean_whatever_the_strips(monkeypatch) -> None:
 
     a = np.random.default_rng(0).random((3, 101, 77)).astype(np.float32)
     a[0, 5, 5] = np.nan
-    padded = np.pad(a, ((0, 0), (0, 3), (0, 3)), constant_values=np.nan)
+    padded = np.pad(a.astype(np.float64), ((0, 0), (0, 3), (0, 3)), constant_values=np.nan)
     want = np.nanmean(padded.reshape(3, 26, 4, 20, 4), axis=(2, 4))
     whole = tissue.reduce_raster(open_raster(a), 4)
     monkeypatch.setattr(tissue, "STRIP_VALUES", 3 * 77 * 4)  # strips of 4 rows
