@@ -140,6 +140,20 @@ def test_reduce_raster_is_a_nan_mean_whatever_the_strips(monkeypatch) -> None:
     np.testing.assert_allclose(whole, want, rtol=1e-12)
 
 
+@pytest.mark.shared
+def test_damaged_slide_fails_at_the_tissue_mask(shared_data: Path, tmp_path: Path) -> None:
+    """A corrupt JPEG tile is met by the tissue mask's read, before any output exists:
+    one line naming the file and the block, exit 1, nothing written."""
+    out = tmp_path / "mask.zarr"
+    result = CliRunner().invoke(cli, ["run", str(shared_data / "fixtures" / "unreadable.svs"),
+                                      "-o", str(out), "--model", "identity", "--classes", "3",
+                                      "--tile", "16", "--halo", "0"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unreadable.svs" in lines[0] and "block" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- the CMU slide -------------------------------------------------------------------------
 
 SLIDE_ARGS = ["--model", "identity", "--classes", "3", "--tile", "32", "--halo", "4",
