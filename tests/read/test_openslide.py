@@ -69,6 +69,8 @@ def test_ndpi_is_read_through_openslide(ndpi) -> None:
     want = np.moveaxis(decoded[0], -1, 0)
     np.testing.assert_array_equal(raster.read((0, 64, 0, 96)), want)
     np.testing.assert_array_equal(raster.read((5, 41, 7, 90)), want[:, 5:41, 7:90])
+    text = CliRunner().invoke(cli, ["info", str(path)]).output
+    assert "reader    OpenSlide (hamamatsu)" in text and "0: 96 × 64" in text
     level1 = open_raster(path, level=1)
     np.testing.assert_array_equal(level1.read((3, 30, 1, 47)),
                                   np.moveaxis(decoded[1], -1, 0)[:, 3:30, 1:47])

@@ -72,6 +72,8 @@ def _print(desc: dict) -> None:
     if desc.get("block_shape"):
         comp = f", {desc['compression']}" if desc.get("compression") else ""
         click.echo(f"  blocks    {desc['block_shape'][1]} × {desc['block_shape'][0]}{comp}")
+    if desc.get("reader") == "openslide":
+        click.echo(f"  reader    OpenSlide ({desc.get('format')})")
     levels = desc.get("levels") or []
     if len(levels) > 1:
         click.echo(f"  levels    ({len(levels)}, using {desc['level']})")
