@@ -14,24 +14,12 @@ from tilesegment.cli.evaluate import TRUTH_OPTIONS
 _TRUTH = dict(TRUTH_OPTIONS)
 
 
-def _window(ctx: click.Context, param: click.Parameter, value: str | None):
-    if value is None:
-        return None
-    from tilesegment.errors import SettingError
-    from tilesegment.refine.tune import parse_window
-
-    try:
-        return parse_window(value)
-    except SettingError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
 @click.command("tune-crf")
 @click.argument("probs", metavar="PROBS", type=click.Path(exists=True))
 @click.argument("image", type=click.Path(exists=True))
 @click.option("--truth", type=click.Path(exists=True), required=True,
               help="Truth mask on the same grid (class ids; see --instances, --map).")
-@click.option("--window", metavar="ROW0:ROW1,COL0:COL1", callback=_window,
+@click.option("--window", metavar="ROW0:ROW1,COL0:COL1",
               help="The validation region scored (half-open px). Default: the whole raster, "
                    "if it fits --max-pixels with its CRF context.")
 @click.option("--score", type=click.Choice(["mean-iou", "foreground-iou"]),
@@ -59,7 +47,7 @@ def _window(ctx: click.Context, param: click.Parameter, value: str | None):
 @click.option("--overwrite", is_flag=True, help="Replace an existing CARD.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write every candidate's scores as JSON ('-' for stdout).")
-def tune_crf(probs: str, image: str, truth: str, window, score: str, iterations: int,
+def tune_crf(probs: str, image: str, truth: str, window: str | None, score: str, iterations: int,
              max_candidates: int, max_pixels: int, ignore_index: int | None,
              instances: bool, mapping: dict[int, int] | None, model: str | None,
              card: str | None, overwrite: bool, json_out: str | None) -> None:
@@ -70,8 +58,10 @@ def tune_crf(probs: str, image: str, truth: str, window, score: str, iterations:
     IoU is printed next to the network's own (no CRF). The best goes into --card only if it
     beats no CRF; otherwise the card records "no CRF"."""
     from tilesegment.evaluation.confusion import LabelRules
+    from tilesegment.refine.tune import parse_window
     from tilesegment.refine.tune import tune_crf as search
 
+    region = None if window is None else parse_window(window)
     layer, meta = _probabilities_layer(probs)
     model = model or _provenance_model(meta, card)
     if card is not None:  # refused before the search, not after it
@@ -81,7 +71,7 @@ def tune_crf(probs: str, image: str, truth: str, window, score: str, iterations:
         _check_card_target(card, overwrite)
     rules = LabelRules(ignore_index=ignore_index, instances=instances,
                        mapping=tuple(sorted((mapping or {}).items())))
-    result = search(layer, image, truth, window=window, score=score, iterations=iterations,
+    result = search(layer, image, truth, window=region, score=score, iterations=iterations,
                     rules=rules, max_pixels=max_pixels, max_candidates=max_candidates,
                     class_names=tuple(meta.get("class_names") or ()))
     data: dict[str, Any] = result.to_dict()

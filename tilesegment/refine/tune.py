@@ -240,6 +240,9 @@ def tune_crf(probabilities: Any, image: Any, truth: Any, *, window: Window | Non
         if (r.height, r.width) != shape:
             raise InputError(f"the {what} is {r.height}×{r.width} px but the probabilities "
                              f"{shape[0]}×{shape[1]} px: they must share one grid")
+    from tilesegment.evaluation.align import check_same_grid
+
+    check_same_grid(probs_r, truth_r)  # CRS and transform too, where they have them
     k = probs_r.bands
     if k < 2 or not np.issubdtype(np.dtype(probs_r.dtype), np.floating):
         raise InputError(f"{probs_r.source}: not class probabilities ({k} band(s) of "
