@@ -5,6 +5,7 @@ never writes a setting that scored below no CRF ("no CRF" in the card instead)."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,3 +234,24 @@ def test_cli_errors_are_one_line(case, tmp_path):
         assert "Traceback" not in result.output
     assert not (tmp_path / "x.json").exists()
     assert (package_folder() / "nuclei.json").read_bytes() == shipped
+
+
+def test_the_shipped_nuclei_cards_crf_holds_on_the_held_out_half():
+    """The shipped card's tuned CRF, which ``segment(crf=True)`` picks up by itself, scores
+    at least the no-CRF nucleus IoU on the held-out right half (NumPy IoU), as its card says."""
+    from tilesegment import segment
+    from tilesegment.models.tuned_card import package_folder
+
+    repo = Path(__file__).resolve().parents[1]
+    card = json.loads((package_folder() / "nuclei.json").read_text(encoding="utf-8"))
+    entry = card["crf"]
+    no_crf = card["training"]["held_out"]["foreground_iou"]
+    assert entry["tuning"]["held_out"]["no_crf"] == no_crf
+    if not entry["enabled"]:
+        pytest.skip("the shipped card records no CRF")
+    mask = segment(str(repo / "examples" / "nuclei" / "nuclei.tif"), crf=True)
+    labels = tifffile.imread(repo / "examples" / "nuclei" / "nuclei_labels.tif")
+    half = labels.shape[1] // 2
+    iou = _iou(mask[:, half:] == 1, labels[:, half:] > 0)
+    assert iou >= no_crf
+    assert abs(iou - entry["tuning"]["held_out"]["tuned"]) < 5e-4
