@@ -324,6 +324,8 @@ def crf_card_problems(entry: object) -> list[str]:
 
 def crf_from_card(entry: dict) -> CRFParams | None:
     """The :class:`CRFParams` a card's ``crf`` entry records, ``None`` for "no CRF"."""
+    if not isinstance(entry, dict):
+        raise ValueError("crf must be a JSON object {enabled, params, tuning}")
     if not entry.get("enabled"):
         return None
     values = entry.get("params")
