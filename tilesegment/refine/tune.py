@@ -250,8 +250,7 @@ def tune_crf(probabilities: Any, image: Any, truth: Any, *, window: Window | Non
     if truth_r.bands != 1:
         raise InputError(f"the truth must have one band, not {truth_r.bands}")
     window = check_window(window, shape)
-    bounds = BOUNDS
-    context = widen(window, _reach(bounds), shape)
+    context = widen(window, _reach(BOUNDS), shape)
     held = (context[1] - context[0]) * (context[3] - context[2])
     if held > max_pixels:
         h, w = window[1] - window[0], window[3] - window[2]
