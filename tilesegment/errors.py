@@ -119,3 +119,8 @@ class UnsafeOutputError(OutputError):
 class IncompleteOutputError(InputError):
     """A tilesegment output that is incomplete or inconsistent: a partial, missing blocks,
     no completion record, or layers from different runs."""
+
+
+class CRFSkippedWarning(UserWarning):
+    """``--crf`` (no kernel values) with a model whose card records "no CRF": ``tune-crf``
+    found no setting that beat the network alone, so the run skips the CRF."""

@@ -121,8 +121,10 @@ def segment(
     backbone of the VGG-based models (FCN, DeepLab) before any ``weights`` are loaded.
     ``save_disagreement`` (``blend="gaussian"`` only): also write where overlapping tiles'
     own classes disagree, a seam diagnostic that ``evaluate`` reports.
-    ``crf``: a :class:`~tilesegment.models.crf.CRFParams` (or ``True`` for the defaults)
-    to refine each block with a fully connected CRF over the block plus the CRF's halo.
+    ``crf``: a :class:`~tilesegment.models.crf.CRFParams` (or ``True``: the model card's
+    tuned setting from ``tilesegment tune-crf`` if it has one, else the defaults; a card
+    recording "no CRF" skips it, with a warning) to refine each block with a fully
+    connected CRF over the block plus the CRF's halo.
     ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA only) model calls under
     ``torch.autocast``; ``compile``: ``torch.compile`` the model once per process.
     ``tissue``: ``auto`` (Otsu for RGB slides, none otherwise), ``otsu`` or ``none``;

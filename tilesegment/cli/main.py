@@ -18,6 +18,7 @@ from tilesegment.cli.models import models
 from tilesegment.cli.plan import plan
 from tilesegment.cli.run import run
 from tilesegment.cli.train import train
+from tilesegment.cli.tune_crf import tune_crf
 
 
 class TilesegmentGroup(click.Group):
@@ -74,6 +75,7 @@ cli.add_command(info)
 cli.add_command(evaluate)
 cli.add_command(models)
 cli.add_command(train)
+cli.add_command(tune_crf)
 
 
 STOPPED_CODES = frozenset(128 + sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))

@@ -130,11 +130,12 @@ OPTIONS = (
     click.option("--crf", is_flag=True, help="Refine each block with a fully connected CRF "
                  "(Krähenbühl & Koltun 2011, as DeepLab v1) over the block plus its halo."),
     click.option("--crf-preset", type=click.Choice(["krahenbuhl", "deeplab"]),
-                 default="krahenbuhl", show_default=True,
                  help="CRF kernel parameters: Krähenbühl's (w1 10, θα 80, θβ 13, w2 3, θγ 3) or "
-                   "DeepLab-LargeFOV's (4, 121, 5, 3, 3)."),
-    click.option("--crf-iterations", type=click.IntRange(min=1), default=10, show_default=True,
-                 help="Mean-field iterations."),
+                   "DeepLab-LargeFOV's (4, 121, 5, 3, 3). Default: the model card's tuned "
+                   "setting (tilesegment tune-crf) if it has one, else krahenbuhl; any CRF "
+                   "value given means the preset."),
+    click.option("--crf-iterations", type=click.IntRange(min=1),
+                 help="Mean-field iterations (default 10, or the card's tuned setting)."),
     click.option("--crf-w1", type=click.FloatRange(min=0), help="Appearance kernel weight."),
     click.option("--crf-theta-alpha", type=click.FloatRange(min=0, min_open=True),
                  help="Appearance kernel position scale θα (px)."),
@@ -204,7 +205,7 @@ def check_devices_usage(devices: str | None, local_cluster: int | None, schedule
                                f"{device}")
 
 
-def segment_settings(*, crf: bool, crf_preset: str, crf_iterations: int,
+def segment_settings(*, crf: bool, crf_preset: str | None, crf_iterations: int | None,
                      crf_w1: float | None, crf_theta_alpha: float | None,
                      crf_theta_beta: float | None, crf_w2: float | None,
                      crf_theta_gamma: float | None, truth: str | None,
@@ -213,9 +214,13 @@ def segment_settings(*, crf: bool, crf_preset: str, crf_iterations: int,
     become one CRFParams; the truth mask is protected from the output)."""
     from tilesegment.plan.recipe import crf_params
 
-    settings["crf"] = crf_params(crf_preset, crf_iterations, w1=crf_w1,
-                                 theta_alpha=crf_theta_alpha, theta_beta=crf_theta_beta,
-                                 w2=crf_w2, theta_gamma=crf_theta_gamma) if crf else None
+    kernel = dict(w1=crf_w1, theta_alpha=crf_theta_alpha, theta_beta=crf_theta_beta,
+                  w2=crf_w2, theta_gamma=crf_theta_gamma)
+    given = crf_preset is not None or crf_iterations is not None or any(
+        v is not None for v in kernel.values())
+    # --crf alone: True, the model card's tuned setting or Krähenbühl's (build_plan decides)
+    settings["crf"] = (None if not crf else True if not given else crf_params(
+        crf_preset or "krahenbuhl", crf_iterations or 10, **kernel))
     settings["protect"] = (truth,) if truth else ()
     return settings
 

@@ -17,6 +17,8 @@ integrity beyond safetensors' own header checks. The card::
       "tile": 512, "halo": 52,                # defaults for runs (null: the model's)
       "resolution": 0.5, "resolution_unit": "um",   # training pixel size (null: unknown)
       "training": {...},                      # free provenance: data, epochs, metrics, …
+      "crf": {"enabled": true, "params": {...}, "tuning": {...}},  # optional: `tune-crf`'s
+                                              # setting for `run --crf` (enabled false: no CRF)
       "tilesegment_version": "0.1.0",
       "sha256": "…"                           # of the .safetensors file
     }
@@ -59,7 +61,7 @@ METADATA_KEY = "tilesegment.card"
 _REQUIRED = ("architecture", "in_channels", "num_classes", "class_names", "class_colors",
              "normalization")
 _OPTIONAL = ("format", "format_version", "options", "tile", "halo", "resolution",
-             "resolution_unit", "training", "tilesegment_version", "sha256")
+             "resolution_unit", "training", "tilesegment_version", "sha256", "crf")
 
 
 def _version() -> str:
@@ -91,6 +93,9 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     tilesegment_version: str = field(default_factory=_version)
     sha256: str | None = None
+    crf: dict[str, Any] | None = None
+    """The tuned dense-CRF setting (:func:`~tilesegment.models.crf.crf_card_entry`), written
+    by ``tilesegment tune-crf``; ``None``: never tuned. Absent from the JSON when ``None``."""
 
     def to_dict(self) -> dict[str, Any]:
         """The card as JSON-able data (the ``NAME.json`` content)."""
@@ -108,6 +113,7 @@ class ModelCard:
             "tile": self.tile, "halo": self.halo, "resolution": self.resolution,
             "resolution_unit": self.resolution_unit, "training": dict(self.training),
             "tilesegment_version": self.tilesegment_version, "sha256": self.sha256,
+            **({} if self.crf is None else {"crf": self.crf}),
         }
 
     @classmethod
@@ -145,7 +151,7 @@ class ModelCard:
                 resolution_unit=data.get("resolution_unit"),
                 training=data.get("training") or {},
                 tilesegment_version=data.get("tilesegment_version") or "unknown",
-                sha256=data.get("sha256"))
+                sha256=data.get("sha256"), crf=data.get("crf"))
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{source}: {exc}") from None
         card.validate(source)
@@ -241,6 +247,10 @@ def _problems(card: ModelCard) -> list[str]:
         out.append("training must be a JSON object")
     if not isinstance(card.tilesegment_version, str):
         out.append("tilesegment_version must be a string")
+    if card.crf is not None:
+        from tilesegment.models.crf import crf_card_problems
+
+        out.extend(crf_card_problems(card.crf))
     if card.sha256 is not None and not (isinstance(card.sha256, str)
                                         and re.fullmatch(r"[0-9a-f]{64}", card.sha256)):
         out.append("sha256 must be 64 lowercase hex digits")

@@ -282,3 +282,60 @@ def crf_block(probabilities: np.ndarray, image: np.ndarray, halo: Halo,
         raise ValueError(f"halo {halo} leaves no core in a {h}×{w} array")
     q = dense_crf(probabilities, image, params, image_range=image_range, origin=origin)
     return q[:, top:h - bottom, left:w - right]
+
+
+# --- the model card's CRF setting ----------------------------------------------------------
+
+CARD_KERNEL_FIELDS = ("w1", "theta_alpha", "theta_beta", "w2", "theta_gamma", "iterations")
+"""The :class:`CRFParams` fields a model card's ``crf`` entry holds (``epsilon`` is fixed)."""
+
+
+def crf_card_entry(params: CRFParams | None, tuning: dict | None = None) -> dict:
+    """The model card's ``crf`` entry: ``{"enabled": true, "params": {w1, theta_alpha,
+    theta_beta, w2, theta_gamma, iterations}, "tuning": {...}}``, or, for ``params=None``,
+    ``{"enabled": false, "params": null, ...}``: the CRF was tuned and no setting beat the
+    network alone ("no CRF"). ``tuning``: free provenance (region, score, numbers)."""
+    values = None if params is None else {k: getattr(params, k) for k in CARD_KERNEL_FIELDS}
+    return {"enabled": params is not None, "params": values, "tuning": dict(tuning or {})}
+
+
+def crf_card_problems(entry: object) -> list[str]:
+    """What is wrong with a model card's ``crf`` entry (empty when it is valid)."""
+    if not isinstance(entry, dict):
+        return ["crf must be a JSON object {enabled, params, tuning}"]
+    out = []
+    unknown = sorted(set(entry) - {"enabled", "params", "tuning"})
+    if unknown:
+        out.append(f"crf has unknown fields {', '.join(unknown)}")
+    enabled, params = entry.get("enabled"), entry.get("params")
+    if not isinstance(enabled, bool):
+        out.append("crf.enabled must be true or false")
+    elif not enabled and params is not None:
+        out.append("crf.params must be null when crf.enabled is false (no CRF)")
+    elif enabled:
+        try:
+            crf_from_card(entry)
+        except (TypeError, ValueError) as exc:
+            out.append(f"crf.params: {exc}")
+    if not isinstance(entry.get("tuning", {}), dict):
+        out.append("crf.tuning must be a JSON object")
+    return out
+
+
+def crf_from_card(entry: dict) -> CRFParams | None:
+    """The :class:`CRFParams` a card's ``crf`` entry records, ``None`` for "no CRF"."""
+    if not isinstance(entry, dict):
+        raise ValueError("crf must be a JSON object {enabled, params, tuning}")
+    if not entry.get("enabled"):
+        return None
+    values = entry.get("params")
+    if not isinstance(values, dict) or set(values) != set(CARD_KERNEL_FIELDS):
+        raise ValueError(f"needs exactly {', '.join(CARD_KERNEL_FIELDS)}")
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise ValueError(f"{key} must be a finite number, not {value!r}")
+    if not float(values["iterations"]).is_integer():
+        raise ValueError("iterations must be an integer")
+    return CRFParams(**{k: float(v) for k, v in values.items() if k != "iterations"},
+                     iterations=int(values["iterations"]))

@@ -117,6 +117,7 @@ def build_plan(
                     normalization=normalization, save_disagreement=save_disagreement,
                     workers=workers)
     _check_precision(precision, device)
+    crf = _card_crf(crf, model)
     if crf is not None and crf is not False:
         from tilesegment.models.crf import require_pydensecrf
 
@@ -548,6 +549,33 @@ def _normalization_plan(choice: Any, mspec: ModelSpec, bands: int) -> Normalizat
                                                     (bands,))),
             _floats(np.broadcast_to(np.asarray(norm.std, np.float64), (bands,))), choice)
     return NormalizationPlan(asked, "raster", given=choice)
+
+
+def _card_crf(crf: Any, model: Any) -> Any:
+    """``crf=True`` (``--crf`` without kernel values) means the model card's tuned setting
+    (``tilesegment tune-crf``) where the card has one, Krähenbühl's defaults otherwise; a
+    card that records "no CRF" skips the CRF, with a :class:`CRFSkippedWarning`."""
+    if crf is not True:
+        return crf
+    from tilesegment.models.tuned_card import card_crf_entry
+
+    entry = card_crf_entry(model)
+    if entry is None:
+        return crf
+    from tilesegment.models.crf import crf_from_card
+
+    try:
+        params = crf_from_card(entry)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model {model}: its card's crf setting is invalid ({exc})") from None
+    if params is None:
+        from tilesegment.errors import CRFSkippedWarning
+
+        warnings.warn(f"model {model}: its card records no CRF (tune-crf found no setting "
+                      "that beat the network alone): skipping --crf (give --crf-preset or "
+                      "kernel values to force one)", CRFSkippedWarning, stacklevel=3)
+        return None
+    return params
 
 
 def _crf_plan(crf: Any, raster) -> CRFPlan | None:

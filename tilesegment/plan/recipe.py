@@ -137,9 +137,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise SettingError(f"{path}: [normalization] mode \"explicit\" needs mean and std")
     crf = {k: settings.pop(k) for k in list(settings) if k.startswith("crf")}
     if crf.pop("crf", bool(crf)):
-        settings["crf"] = crf_params(crf.pop("crf_preset", "krahenbuhl"),
-                                     crf.pop("crf_iterations", 10),
-                                     **{k.removeprefix("crf_"): v for k, v in crf.items()})
+        # enabled alone: the model card's tuned setting, else Krähenbühl's (build_plan)
+        settings["crf"] = True if not crf else crf_params(
+            crf.pop("crf_preset", "krahenbuhl"), crf.pop("crf_iterations", 10),
+            **{k.removeprefix("crf_"): v for k, v in crf.items()})
     return settings
 
 
