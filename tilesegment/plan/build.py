@@ -35,6 +35,7 @@ from tilesegment.grid import (
     TileSpec,
     default_block,
     grid_shape,
+    parse_blend,
     phase_halo,
 )
 from tilesegment.models.registry import get_entry
@@ -96,6 +97,7 @@ def build_plan(
     protect: tuple[str | Path, ...] = (),
     precision: str = "fp32",
     compile: bool = False,
+    tta: str = "none",
     resolve: bool = True,
 ) -> RunPlan:
     """The :class:`RunPlan` of ``segment(source, output, **settings)`` (same arguments),
@@ -107,6 +109,10 @@ def build_plan(
     Normalisation statistics computed from the raster (``raster``) and the CRF's value
     range of a non-8-bit raster are left to fill at run time: no pixel is read here.
     """
+    from tilesegment.tta import check_tta
+
+    blend, blend_preset = parse_blend(blend)  # "gaussian:monai" → ("gaussian", "monai")
+    check_tta(tta)
     _check_settings(returns=returns, classes=classes, tile=tile, halo=halo,
                     pad_mode=pad_mode, pad_value=pad_value, blend=blend,
                     batch_size=batch_size, block_size=block_size, device=device,
@@ -161,6 +167,8 @@ def build_plan(
     card_halo = card_halo if tile is None else None  # meant for the card's default tile
     tspec, reason = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=not probed,
                                card_halo=card_halo)
+    if blend == "gaussian":
+        tspec = replace(tspec, blend_preset=blend_preset)
     if preview is None:
         memory = budget.check(mspec, tspec)
     block = (block_size, block_size) if block_size else default_block(tspec)
@@ -184,7 +192,7 @@ def build_plan(
         geometry=GeometryPlan(
             tile=tspec.tile, halo=tspec.halo, halo_reason=reason, shrink=tspec.shrink,
             pad_mode=pad_mode, pad_value=float(pad_value), blend=blend,
-            blend_margin=tspec.blend_margin),
+            blend_margin=tspec.blend_margin, blend_preset=tspec.blend_preset),
         normalization=_normalization_plan(normalization, mspec, raster.bands),
         crf=_crf_plan(crf, raster),
         output=OutputPlan(
@@ -198,7 +206,7 @@ def build_plan(
             tiles=rows * cols, batch_size=batch_size, device=device,
             device_type=_device_type(device), channels_last=bool(channels_last),
             scheduler=scheduler, local=local, workers=n_workers, progress=bool(progress),
-            task_memory=memory, precision=precision, compile=bool(compile)))
+            task_memory=memory, precision=precision, compile=bool(compile), tta=tta))
     return replace(plan, fingerprint=fingerprint(plan))
 
 
