@@ -184,3 +184,12 @@ def test_tta_in_plan_fingerprint_and_cli(tmp_path):
     assert "TTA          d4 (8 model passes per tile" in shown.output
     bad = runner.invoke(cli, ["plan", str(src), "-o", str(tmp_path / "m.zarr"), "--tta", "x"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+    # a written run records both in its provenance
+    import zarr
+
+    out = tmp_path / "w.zarr"
+    done = runner.invoke(cli, ["run", str(src), "-o", str(out), "--tta", "flips", "--blend",
+                               "gaussian:nnunet", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    prov = zarr.open_group(out, mode="r").attrs["tilesegment"]["provenance"]
+    assert (prov["tta"], prov["blend"], prov["blend_preset"]) == ("flips", "gaussian", "nnunet")

@@ -109,7 +109,7 @@ def build_plan(
     Normalisation statistics computed from the raster (``raster``) and the CRF's value
     range of a non-8-bit raster are left to fill at run time: no pixel is read here.
     """
-    from tilesegment.tta import check_tta
+    from tilesegment.tta import check_tta, passes
 
     blend, blend_preset = parse_blend(blend)  # "gaussian:monai" → ("gaussian", "monai")
     check_tta(tta)
@@ -139,7 +139,7 @@ def build_plan(
     budget = _Budget(raster=raster, block_size=block_size, batch_size=batch_size,
                      device=device, local=local, threads=scheduler in (None, "threads"),
                      n_workers=n_workers, returns=None if output is not None else returns,
-                     probabilities=save_probabilities, crf=crf)
+                     probabilities=save_probabilities, crf=crf, passes=passes(tta))
     preview = _preview_spec(model, raster.bands, classes)
     memory = None
     if preview is not None:  # registered name or checkpoint: checked before any build
@@ -373,6 +373,7 @@ class _Budget:
     returns: str | None  # what an in-memory run returns; None when writing an output
     probabilities: bool
     crf: Any
+    passes: int = 1  # model inputs per tile (test-time augmentation)
 
     def _on_gpu(self) -> bool:
         if self.device == "cpu":
@@ -413,7 +414,7 @@ class _Budget:
             probabilities=self.probabilities or self.returns == "probabilities",
             gaussian=tspec.blend == "gaussian", crf_reach=crf_reach,
             concurrent=min(self.n_workers, n_blocks) if self.threads else 1,
-            result_bytes=result)
+            result_bytes=result, passes=self.passes)
         limits.check_memory(estimate, f"tile {tspec.tile} (batch {self.batch_size}, block "
                             f"{block[0]} × {block[1]}, {k} classes)")
         return estimate.per_task
