@@ -166,7 +166,7 @@ def test_tta_in_plan_fingerprint_and_cli(tmp_path):
     import tifffile
 
     from tilesegment.cli.main import cli
-    from tilesegment.plan import build_plan, fingerprint_fields
+    from tilesegment.plan import build_plan, fingerprint_fields, load_recipe
 
     image = (np.random.default_rng(7).random((64, 64)) * 255).astype(np.uint8)
     src = tmp_path / "in.tif"
@@ -174,6 +174,9 @@ def test_tta_in_plan_fingerprint_and_cli(tmp_path):
     plans = {t: build_plan(str(src), model="identity", classes=1, tta=t, resolve=False)
              for t in ("none", "flips", "d4")}
     assert len({p.fingerprint for p in plans.values()}) == 3
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[geometry]\nblend = "gaussian:monai"\n[execution]\ntta = "d4"\n')
+    assert load_recipe(recipe) == {"blend": "gaussian:monai", "tta": "d4"}
     assert "tta" not in fingerprint_fields(plans["none"])  # older runs keep their prints
     with pytest.raises(SettingError, match="tta must be one of"):
         build_plan(str(src), model="identity", tta="rot", resolve=False)
