@@ -1,6 +1,7 @@
 """Score a nuclei model on the held-out RIGHT half, as is and under five transforms.
 
     python pipelines/evaluate_nuclei.py ../shared/data/nuclei [--model nuclei] [--json out]
+        [--tta flips|d4]
 
 For each variant the WHOLE image and its labels are transformed (labels and the held-out
 region resampled nearest), the image is segmented with ``tilesegment run`` and the mask
@@ -62,9 +63,10 @@ def variants(image: np.ndarray, labels: np.ndarray) -> dict[str, tuple]:
     return out
 
 
-def score(folder: Path, model: str, work: Path, names: list[str] | None = None
-          ) -> dict[str, dict]:
-    """Foreground IoU (and the counts behind it) per variant, through the CLI."""
+def score(folder: Path, model: str, work: Path, names: list[str] | None = None,
+          run_options: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Foreground IoU (and the counts behind it) per variant, through the CLI;
+    ``run_options`` are added to each ``tilesegment run`` (e.g. ``("--tta", "d4")``)."""
     image = tifffile.imread(folder / "nuclei.tif")
     labels = tifffile.imread(folder / "nuclei_labels.tif")
     results = {}
@@ -76,7 +78,8 @@ def score(folder: Path, model: str, work: Path, names: list[str] | None = None
         tifffile.imwrite(src, np.ascontiguousarray(img))
         tifffile.imwrite(truth, np.where(held, lab > 0, IGNORE).astype(np.uint8))
         cmd = [sys.executable, "-m", "tilesegment.cli.main"]
-        run = [*cmd, "run", str(src), "-o", str(mask), "--overwrite", "--no-progress"]
+        run = [*cmd, "run", str(src), "-o", str(mask), "--overwrite", "--no-progress",
+               *run_options]
         if model != "default":
             run += ["--model", model]
         subprocess.run(run, check=True, capture_output=True)
@@ -97,10 +100,13 @@ def main() -> None:
                         help="registered name or checkpoint ('default': no --model)")
     parser.add_argument("--only", help="comma list of variants")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--tta", default="none", help="test-time augmentation of each run "
+                        "(none, flips, d4)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = score(args.data, args.model, Path(tmp),
-                        args.only.split(",") if args.only else None)
+                        args.only.split(",") if args.only else None,
+                        ("--tta", args.tta) if args.tta != "none" else ())
     for name, r in results.items():
         print(f"{name:15s} {r['shape'][0]:4d}×{r['shape'][1]:<4d} "
               f"foreground IoU {r['foreground_iou']:.4f}")

@@ -18,6 +18,20 @@ from tilesegment.errors import GeometryError
 
 PAD_MODES = ("reflect", "symmetric", "edge", "constant")
 BLEND_MODES = ("crop", "gaussian")
+GAUSSIAN_PRESETS = ("tilesegment", "monai", "nnunet")
+"""Weight maps of ``gaussian`` (:func:`tilesegment.merge.gaussian.gaussian_weight`); the
+first is the default. Spelled ``gaussian:<preset>`` wherever a blend is named."""
+BLEND_CHOICES = (*BLEND_MODES, *(f"gaussian:{p}" for p in GAUSSIAN_PRESETS))
+"""Every spelling of a blend that ``--blend`` and ``segment(blend=...)`` accept."""
+
+
+def parse_blend(text: str) -> tuple[str, str]:
+    """``(mode, gaussian preset)`` of a blend spelling: ``crop``, ``gaussian`` (the default
+    preset) or ``gaussian:<preset>``; a one-line :class:`GeometryError` otherwise."""
+    if isinstance(text, str) and text in BLEND_CHOICES:
+        mode, _, preset = text.partition(":")
+        return mode, preset or GAUSSIAN_PRESETS[0]
+    raise GeometryError(f"blend {text!r} unknown; use one of {', '.join(BLEND_CHOICES)}")
 
 
 @dataclass(frozen=True)
@@ -124,12 +138,17 @@ class TileSpec:
     blend_margin: int = 0
     """``gaussian`` only: output pixels on each side of a tile's output that are left out of
     the blend because they lack full context (the receptive radius less the shrink)."""
+    blend_preset: str = GAUSSIAN_PRESETS[0]
+    """``gaussian`` only: the weight map (one of :data:`GAUSSIAN_PRESETS`)."""
 
     def __post_init__(self) -> None:
         if self.pad_mode not in PAD_MODES:
             raise GeometryError(f"pad mode {self.pad_mode!r} unknown; use one of {PAD_MODES}")
         if self.blend not in BLEND_MODES:
             raise GeometryError(f"blend {self.blend!r} unknown; use one of {BLEND_MODES}")
+        if self.blend_preset not in GAUSSIAN_PRESETS:
+            raise GeometryError(f"gaussian preset {self.blend_preset!r} unknown; use one of "
+                                f"{GAUSSIAN_PRESETS}")
         if self.halo < self.shrink:
             raise GeometryError(
                 f"halo {self.halo} is smaller than the model's shrink {self.shrink}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import warnings
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tilesegment import tta as _tta
 from tilesegment.errors import BatchHalvedWarning, ModelError, SettingError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,16 +97,26 @@ class Predictor:
     float32), and an out-of-memory error halves the batch for the rest of this
     predictor's life, with one warning (:func:`halving_calls`). ``forward`` is the callable
     actually run (the module, or its ``torch.compile`` wrapper shared through the pool).
+
+    ``tta`` (:mod:`tilesegment.tta`) other than ``none``: each tile goes through the model
+    once per transform, all transforms of a tile in the same call (on CUDA
+    ``batch_size // passes`` tiles per call, at least one); the outputs are mapped back,
+    averaged in probability space, and returned as ``log(mean softmax)`` (computed as a
+    log-sum-exp, always finite): logits whose softmax is the averaged probability.
     """
 
     def __init__(self, module: nn.Module, device: torch.device, batch_size: int,
                  out_side: int, num_classes: int, channels_last: bool = True,
-                 threads: int = 1, precision: str = "fp32"):
+                 threads: int = 1, precision: str = "fp32", tta: str = "none"):
         if precision not in PRECISIONS:
             raise SettingError(f"precision {precision!r} unknown; use fp32, bf16 or fp16")
+        self.tta = _tta.check_tta(tta)
+        self.transforms = _tta.TRANSFORMS[self.tta]
         self.device = device
         self.batch_size = max(1, int(batch_size))
-        self.call_size = 1 if device.type == "cpu" else self.batch_size
+        # tiles per model call (each brings len(transforms) inputs into the call)
+        self.call_size = (1 if device.type == "cpu"
+                          else max(1, self.batch_size // len(self.transforms)))
         self.threads = max(1, int(threads))
         self.out_side = out_side
         self.num_classes = num_classes
@@ -151,7 +163,11 @@ class Predictor:
         """One model call on ``part`` padded with zero tiles to ``size`` (outputs cropped
         to ``crop`` on the device)."""
         with torch.inference_mode():
-            batch = self._to_device(part, size).contiguous(memory_format=self.memory_format)
+            batch = self._to_device(part, size)
+            if self.tta != "none":
+                _tta.check_square(tuple(batch.shape), self.tta)
+                batch = torch.cat([_tta.forward(batch, t) for t in self.transforms])
+            batch = batch.contiguous(memory_format=self.memory_format)
             dtype = PRECISIONS[self.precision]
             if dtype is None:
                 y = self.forward(batch)
@@ -167,10 +183,19 @@ class Predictor:
                 raise ModelError(
                     f"the model returned shape {tuple(y.shape)} for input "
                     f"{tuple(batch.shape)}; its spec promises {expect}")
+            if self.tta != "none":
+                y = self._average(y.float(), size)
             if crop is not None:
                 start, side = crop
                 y = y[:, :, start:start + side, start:start + side]
             return self._to_host(y.float())[:len(part)]
+
+    def _average(self, y: torch.Tensor, size: int) -> torch.Tensor:
+        """``y`` ``(passes·size, K, o, o)``, transform-major, mapped back and averaged in
+        probability space: ``log(mean_t softmax(y_t))`` ``(size, K, o, o)``."""
+        parts = [_tta.inverse(torch.log_softmax(y[i * size:(i + 1) * size], dim=1), t)
+                 for i, t in enumerate(self.transforms)]
+        return torch.logsumexp(torch.stack(parts), dim=0) - math.log(len(parts))
 
     def _to_device(self, part: np.ndarray, size: int) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(part))

@@ -181,19 +181,21 @@ def block_task_memory(*, bands: int, itemsize: int, classes: int, tile: int, out
                       core: int, reach: int, block: tuple[int, int], grid: tuple[int, int],
                       batch: int, model_name: str | None, on_gpu: bool,
                       probabilities: bool, gaussian: bool, crf_reach: int = 0,
-                      concurrent: int = 1, result_bytes: float = 0.0) -> MemoryEstimate:
+                      concurrent: int = 1, result_bytes: float = 0.0,
+                      passes: int = 1) -> MemoryEstimate:
     """Estimate the memory of one block task (see the module docstring for the parts).
 
     ``block`` ``(h, w)``; ``grid`` the number of tile rows and columns of the raster;
     ``reach`` how far a tile's used output passes its core (0 under crop); ``crf_reach`` the
-    CRF's halo (0 without the CRF), which widens what a block stitches.
+    CRF's halo (0 without the CRF), which widens what a block stitches. ``passes``: model
+    inputs per tile under test-time augmentation (all in one CPU call).
     """
     bh, bw = block[0] + 2 * crf_reach, block[1] + 2 * crf_reach
     span_h = canvas_side(bh, core, tile, reach, grid[0])
     span_w = canvas_side(bw, core, tile, reach, grid[1])
     tiles_per_block = (-(-(bh + 2 * reach) // core) + 1) * (-(-(bw + 2 * reach) // core) + 1)
     n = max(1, min(batch, tiles_per_block, grid[0] * grid[1]))
-    call = n if on_gpu else 1
+    call = n if on_gpu else max(1, passes)
     canvas_px = span_h * span_w
     f4 = 4.0
     parts = {

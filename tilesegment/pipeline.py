@@ -110,6 +110,7 @@ def segment(
     resume: bool = False,
     tissue: str = "auto",
     tissue_mask: str | Path | None = None,
+    tta: str = "none",
 ) -> np.ndarray | RunSummary:
     """Segment ``source`` tile by tile.
 
@@ -127,6 +128,12 @@ def segment(
     connected CRF over the block plus the CRF's halo.
     ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA only) model calls under
     ``torch.autocast``; ``compile``: ``torch.compile`` the model once per process.
+    ``blend``: ``crop``, ``gaussian`` or ``gaussian:<preset>`` (the weight map: ``monai``,
+    ``nnunet``; ``gaussian`` alone is ``gaussian:tilesegment``, see
+    :mod:`tilesegment.merge.gaussian`). ``tta``: test-time augmentation, ``none``,
+    ``flips`` (4 passes per tile) or ``d4`` (8: flips and quarter turns), averaged in
+    probability space per tile before merging (:mod:`tilesegment.tta`); ``logits`` are then
+    the log of the averaged probabilities.
     ``tissue``: ``auto`` (Otsu for RGB slides, none otherwise), ``otsu`` or ``none``;
     ``tissue_mask``: a raster of the user's (non-zero = tissue) instead. Tiles outside the
     tissue, or all nodata, are not run: background (class 0) or nodata, see
@@ -153,7 +160,8 @@ def segment(
         save_probabilities=save_probabilities, save_disagreement=save_disagreement, crf=crf,
         returns=returns, overwrite=overwrite, cog=cog, scheduler=scheduler, workers=workers,
         channels_last=channels_last, progress=progress, seed=seed, protect=protect,
-        precision=precision, compile=compile, tissue=tissue, tissue_mask=tissue_mask)
+        precision=precision, compile=compile, tissue=tissue, tissue_mask=tissue_mask,
+        tta=tta)
     plan = build_plan(source, output, **settings)
     if resume and plan.output.path is not None:
         from tilesegment.resume import resume_plan
@@ -202,7 +210,7 @@ def model_recipe(plan: RunPlan) -> ModelRecipe:
         backbone_weights=mdl.backbone_weights,
         batch_size=plan.execution.batch_size, channels_last=plan.execution.channels_last,
         torch_threads=1, precision=plan.execution.precision,
-        compile=plan.execution.compile))
+        compile=plan.execution.compile, tta=plan.execution.tta))
 
 
 @contextlib.contextmanager
@@ -361,6 +369,8 @@ def provenance(plan: RunPlan) -> dict:
         "seed": mdl.seed,
         "tile": geo.tile, "halo": geo.halo, "shrink": geo.shrink,
         "pad_mode": geo.pad_mode, "blend": geo.blend, "blend_margin": geo.blend_margin,
+        "blend_preset": geo.blend_preset if geo.blend == "gaussian" else None,
+        "tta": plan.execution.tta,
         "block": list(plan.execution.block),
         "normalization": given if isinstance(given, str | None)
         else [list(map(float, np.ravel(v))) for v in given],

@@ -89,6 +89,7 @@ class ModelRecipe:
     precision: str = "fp32"
     compile: bool = False
     key: str = ""
+    tta: str = "none"  # test-time augmentation (tilesegment.tta): a predictor setting
 
 
 def configure(device: str | None = None, max_models: int | None = None) -> None:
@@ -245,7 +246,7 @@ def get_predictor(recipe: ModelRecipe):
     key = (recipe.key or content_key(recipe), str(device), recipe.channels_last,
            recipe.compile)
     settings = (recipe.batch_size, recipe.out_side, recipe.num_classes, recipe.torch_threads,
-                recipe.precision)
+                recipe.precision, recipe.tta)
     with _LOCK:
         entry = _CACHE.get(key)
         if entry is None:
@@ -259,7 +260,7 @@ def get_predictor(recipe: ModelRecipe):
             found = Predictor(
                 entry.module, device, recipe.batch_size, recipe.out_side,
                 recipe.num_classes, recipe.channels_last, threads=recipe.torch_threads,
-                precision=recipe.precision)
+                precision=recipe.precision, tta=recipe.tta)
             if recipe.compile:  # once per model and device in this process
                 if entry.compiled is None:
                     import torch

@@ -37,7 +37,7 @@ RUN_SECTIONS = (
     ("Output", ("output_format", "save_probabilities", "save_disagreement", "cog",
                 "overwrite", "resume")),
     ("Execution", ("scheduler", "local_cluster", "devices", "dashboard", "workers",
-                   "precision", "compile", "progress")),
+                   "precision", "compile", "progress", "tta")),
     ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
                    "crf_theta_beta", "crf_w2", "crf_theta_gamma")),
     ("Skipping empty tiles", ("tissue", "tissue_mask")),
@@ -75,9 +75,12 @@ OPTIONS = (
                    "edge pixel, as Dask's 'reflect')."),
     click.option("--pad-value", type=float, default=0.0, show_default=True,
                  help="Fill for --pad-mode constant, in raw pixel units."),
-    click.option("--blend", type=click.Choice(["crop", "gaussian"]), default="crop",
-                 show_default=True, help="crop: each pixel from one tile's core; gaussian: "
-                 "overlapping tiles blended in logit space."),
+    click.option("--blend", type=click.Choice(["crop", "gaussian", "gaussian:tilesegment",
+                                                "gaussian:monai", "gaussian:nnunet"]),
+                 default="crop", show_default=True, help="crop: each pixel from one tile's "
+                 "core; gaussian: overlapping tiles blended in logit space, with a weight map "
+                 "σ = side/8: gaussian (= :tilesegment, floor 1e-3), :monai (MONAI's), "
+                 ":nnunet (nnU-Net's)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                  help="Tiles per model call."),
     click.option("--block-size", type=click.IntRange(min=1), help="Output block (= chunk) side "
@@ -120,6 +123,9 @@ OPTIONS = (
     click.option("--compile", "compile", is_flag=True,
                  help="torch.compile the model (once per worker process; the first blocks "
                    "wait for the compilation)."),
+    click.option("--tta", type=click.Choice(["none", "flips", "d4"]), default="none",
+                 show_default=True, help="Test-time augmentation: average each tile's "
+                 "probabilities over flips (4 model passes) or flips and 90° turns (d4, 8)."),
     click.option("--workers", type=click.IntRange(min=1),
                  help="Concurrent block tasks on the local threaded scheduler (default: one "
                    "per CPU core; each runs torch on one thread)."),

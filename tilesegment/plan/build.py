@@ -36,6 +36,7 @@ from tilesegment.grid import (
     TileSpec,
     default_block,
     grid_shape,
+    parse_blend,
     phase_halo,
 )
 from tilesegment.models.registry import get_entry
@@ -100,6 +101,7 @@ def build_plan(
     compile: bool = False,
     tissue: str = "auto",
     tissue_mask: str | Path | None = None,
+    tta: str = "none",
     resolve: bool = True,
 ) -> RunPlan:
     """The :class:`RunPlan` of ``segment(source, output, **settings)`` (same arguments),
@@ -111,6 +113,10 @@ def build_plan(
     Normalisation statistics computed from the raster (``raster``) and the CRF's value
     range of a non-8-bit raster are left to fill at run time: no pixel is read here.
     """
+    from tilesegment.tta import check_tta, passes
+
+    blend, blend_preset = parse_blend(blend)  # "gaussian:monai" → ("gaussian", "monai")
+    check_tta(tta)
     _check_settings(returns=returns, classes=classes, tile=tile, halo=halo,
                     pad_mode=pad_mode, pad_value=pad_value, blend=blend,
                     batch_size=batch_size, block_size=block_size, device=device,
@@ -140,7 +146,7 @@ def build_plan(
     budget = _Budget(raster=raster, block_size=block_size, batch_size=batch_size,
                      device=device, local=local, threads=scheduler in (None, "threads"),
                      n_workers=n_workers, returns=None if output is not None else returns,
-                     probabilities=save_probabilities, crf=crf)
+                     probabilities=save_probabilities, crf=crf, passes=passes(tta))
     preview = _preview_spec(model, raster.bands, classes)
     memory = None
     if preview is not None:  # registered name or checkpoint: checked before any build
@@ -168,6 +174,8 @@ def build_plan(
     card_halo = card_halo if tile is None else None  # meant for the card's default tile
     tspec, reason = _tile_spec(mspec, tile, halo, pad_mode, blend, check_seams=not probed,
                                card_halo=card_halo)
+    if blend == "gaussian":
+        tspec = replace(tspec, blend_preset=blend_preset)
     if preview is None:
         memory = budget.check(mspec, tspec)
     block = (block_size, block_size) if block_size else default_block(tspec)
@@ -191,7 +199,7 @@ def build_plan(
         geometry=GeometryPlan(
             tile=tspec.tile, halo=tspec.halo, halo_reason=reason, shrink=tspec.shrink,
             pad_mode=pad_mode, pad_value=float(pad_value), blend=blend,
-            blend_margin=tspec.blend_margin),
+            blend_margin=tspec.blend_margin, blend_preset=tspec.blend_preset),
         normalization=_normalization_plan(normalization, mspec, raster.bands),
         crf=_crf_plan(crf, raster),
         output=OutputPlan(
@@ -205,7 +213,7 @@ def build_plan(
             tiles=rows * cols, batch_size=batch_size, device=device,
             device_type=_device_type(device), channels_last=bool(channels_last),
             scheduler=scheduler, local=local, workers=n_workers, progress=bool(progress),
-            task_memory=memory, precision=precision, compile=bool(compile)),
+            task_memory=memory, precision=precision, compile=bool(compile), tta=tta),
         tissue=tissue_plan)
     return replace(plan, fingerprint=fingerprint(plan))
 
@@ -422,6 +430,7 @@ class _Budget:
     returns: str | None  # what an in-memory run returns; None when writing an output
     probabilities: bool
     crf: Any
+    passes: int = 1  # model inputs per tile (test-time augmentation)
 
     def _on_gpu(self) -> bool:
         if self.device == "cpu":
@@ -462,7 +471,7 @@ class _Budget:
             probabilities=self.probabilities or self.returns == "probabilities",
             gaussian=tspec.blend == "gaussian", crf_reach=crf_reach,
             concurrent=min(self.n_workers, n_blocks) if self.threads else 1,
-            result_bytes=result)
+            result_bytes=result, passes=self.passes)
         limits.check_memory(estimate, f"tile {tspec.tile} (batch {self.batch_size}, block "
                             f"{block[0]} × {block[1]}, {k} classes)")
         return estimate.per_task

@@ -29,7 +29,8 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
         "geometry": {"tile": geo.tile, "halo": geo.halo, "halo_reason": geo.halo_reason,
                      "shrink": geo.shrink, "core": geo.core, "pad_mode": geo.pad_mode,
                      "pad_value": geo.pad_value, "blend": geo.blend,
-                     "blend_margin": geo.blend_margin},
+                     "blend_margin": geo.blend_margin,
+                     "blend_preset": geo.blend_preset if geo.blend == "gaussian" else None},
         "normalization": {"asked": norm.asked, "mode": norm.mode,
                           "mean": None if norm.mean is None else list(norm.mean),
                           "std": None if norm.std is None else list(norm.std)},
@@ -48,7 +49,7 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
                       else type(exe.scheduler).__name__,
                       "workers": exe.workers, "progress": exe.progress,
                       "precision": exe.precision, "compile": exe.compile,
-                      "task_memory_bytes": exe.task_memory},
+                      "task_memory_bytes": exe.task_memory, "tta": exe.tta},
         "tissue": {"asked": plan.tissue.asked, "mode": plan.tissue.mode,
                    "method": plan.tissue.method, "mask_file": plan.tissue.mask_file,
                    "tiles": plan.tissue.tiles, "tiles_skipped": plan.tissue.skipped},
@@ -82,7 +83,7 @@ def format_plan(plan: RunPlan) -> list[str]:
     else:
         normalization = "none"
     pad = geo.pad_mode + (f" (value {geo.pad_value:g})" if geo.pad_mode == "constant" else "")
-    blend = geo.blend + (f" (margin {geo.blend_margin})" if geo.blend_margin else "")
+    blend = geo.blend_name + (f" (margin {geo.blend_margin})" if geo.blend_margin else "")
     memory = format_bytes(exe.task_memory) if exe.task_memory else "unknown"
     target = (f"{out.path} ({out.kind}{', COG' if out.cog else ''})" if out.path
               else f"in memory ({out.returns})")
@@ -106,6 +107,8 @@ def format_plan(plan: RunPlan) -> list[str]:
         f"of {exe.block[0]} × {exe.block[1]} px",
         f"memory       {memory} per block task (batch {exe.batch_size}, {exe.device_type})",
         f"precision    {exe.precision}{', torch.compile' if exe.compile else ''}",
+        *([f"TTA          {exe.tta} ({_tta_passes(exe.tta)} model passes per tile, "
+           "probabilities averaged)"] if exe.tta != "none" else []),
         f"output       {target}",
         f"layers       {', '.join(out.layers)}",
         f"skip         {_skipping(plan)}",
@@ -126,6 +129,12 @@ def _skipping(plan: RunPlan) -> str:
     count = ("" if tissue.skipped is None
              else f": {tissue.skipped} of {tissue.tiles} tiles have no tissue")
     return f"{what}{count}; {nodata}"
+
+
+def _tta_passes(tta: str) -> int:
+    from tilesegment.tta import passes
+
+    return passes(tta)
 
 
 def _values(values: Any) -> str:

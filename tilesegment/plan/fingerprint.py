@@ -10,7 +10,9 @@ layers and ``cog`` (or what an in-memory run returns); the
 device type computing the floats and, only on CUDA, the batch size and memory format
 (cuDNN picks kernels by shape; on the CPU each model call is one tile, see
 :mod:`tilesegment.infer`); the precision (``fp32``/``bf16``/``fp16``) and whether the model
-is ``torch.compile``'d (its fused kernels round differently); the output format version.
+is ``torch.compile``'d (its fused kernels round differently); the output format version;
+test-time augmentation and the gaussian weight preset (each only when not the default, so
+that runs without them keep their fingerprints).
 
 OUT: block size, workers, scheduler, progress, overwrite, the output path, the names used
 for paths. No torch, no pixel read.
@@ -76,7 +78,7 @@ def fingerprint_fields(plan: Any) -> dict[str, Any]:
     src, geo, norm, out, exe = (plan.source, plan.geometry, plan.normalization, plan.output,
                                 plan.execution)
     on_cuda = exe.device_type == "cuda"
-    return {
+    fields = {
         "fingerprint_version": FINGERPRINT_VERSION,
         "format_version": FORMAT_VERSION,
         "source": {"identity": src.identity, "level": src.level, "mpp": src.mpp},
@@ -97,6 +99,11 @@ def fingerprint_fields(plan: Any) -> dict[str, Any]:
                    "channels_last": exe.channels_last if on_cuda else None,
                    "precision": exe.precision, "compile": exe.compile},
     }
+    if exe.tta != "none":
+        fields["tta"] = exe.tta
+    if geo.blend == "gaussian" and geo.blend_preset != "tilesegment":
+        fields["geometry"]["blend_preset"] = geo.blend_preset
+    return fields
 
 
 def fingerprint(plan: Any) -> str:

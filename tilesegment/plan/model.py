@@ -89,7 +89,8 @@ class ModelPlan:
 class GeometryPlan:
     """How the raster is cut: ``tile`` side, ``halo`` and why (:data:`HALO_REASONS`), the
     model's ``shrink``, pad mode and value (raw pixel units), ``blend`` and the gaussian
-    ``blend_margin``."""
+    ``blend_margin`` and weight map ``blend_preset`` (:data:`~tilesegment.grid.
+    GAUSSIAN_PRESETS`; the default under ``crop``, where it plays no part)."""
 
     tile: int
     halo: int
@@ -99,12 +100,21 @@ class GeometryPlan:
     pad_value: float
     blend: str
     blend_margin: int
+    blend_preset: str = "tilesegment"
 
     @property
     def spec(self) -> TileSpec:
         return TileSpec(tile=self.tile, halo=self.halo, shrink=self.shrink,
                         pad_mode=self.pad_mode, blend=self.blend,
-                        blend_margin=self.blend_margin)
+                        blend_margin=self.blend_margin, blend_preset=self.blend_preset)
+
+    @property
+    def blend_name(self) -> str:
+        """The blend as spelled on the command line: ``crop``, ``gaussian`` (the default
+        weights) or ``gaussian:<preset>``."""
+        if self.blend == "gaussian" and self.blend_preset != "tilesegment":
+            return f"gaussian:{self.blend_preset}"
+        return self.blend
 
     @property
     def core(self) -> int:
@@ -174,7 +184,8 @@ class ExecutionPlan:
     ``batch_size``, ``device`` as asked and ``device_type`` (``cpu``/``cuda``) where floats
     are computed, ``channels_last``, ``scheduler`` (``threads``, ``synchronous``, an address
     or a Client), ``local``, ``workers``, ``progress``, and the memory one block task needs
-    (bytes, from :mod:`tilesegment.limits`)."""
+    (bytes, from :mod:`tilesegment.limits`); ``tta``: test-time augmentation
+    (:data:`~tilesegment.tta.TTA_MODES`)."""
 
     block: tuple[int, int]
     blocks: int
@@ -190,6 +201,7 @@ class ExecutionPlan:
     task_memory: float | None = None
     precision: str = "fp32"
     compile: bool = False
+    tta: str = "none"
 
 
 @dataclass(frozen=True)
