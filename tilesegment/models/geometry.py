@@ -4,7 +4,8 @@ A network is described, input to output, as a list of steps: :class:`Conv` (a co
 or a pooling window: kernel, stride, padding, dilation), :class:`Up` (nearest-neighbour
 upsampling by an integer factor to exactly ``factor ×`` the size, as ``F.interpolate(...,
 mode="nearest")`` does then) and :class:`Branches` (parallel paths whose outputs are added
-or concatenated: a residual block, a U-Net skip). :func:`support` walks the list backwards
+or concatenated: a residual block, a U-Net skip) and :class:`Bilinear` (upsampling by an
+integer factor with ``align_corners=False``). :func:`support` walks the list backwards
 from output pixels ``[lo, hi]`` (one axis; the nets are square) to the input pixels they
 may depend on; :func:`receptive_radius` takes the worst output pixel over every phase of
 the output stride. Supports are exact bounds: every tap counts, whatever its weight.
@@ -34,13 +35,22 @@ class Up:
 
 
 @dataclass(frozen=True)
+class Bilinear:
+    """Bilinear upsampling by ``factor`` (``align_corners=False``): output ``o`` sits on
+    input coordinate ``(o + ½)/factor - ½`` and reads the two pixels around it (at the
+    border the outer one is clamped to the edge, which only narrows the support)."""
+
+    factor: int
+
+
+@dataclass(frozen=True)
 class Branches:
     """Parallel paths from one input, merged (sum or concatenation); each a step list."""
 
     paths: tuple[tuple[Step, ...], ...]
 
 
-Step = Conv | Up | Branches
+Step = Conv | Up | Bilinear | Branches
 
 
 def support(steps: Sequence[Step], lo: int, hi: int) -> tuple[int, int]:
@@ -51,6 +61,9 @@ def support(steps: Sequence[Step], lo: int, hi: int) -> tuple[int, int]:
             lo, hi = s * lo - p, s * hi - p + step.dilation * (step.kernel - 1)
         elif isinstance(step, Up):
             lo, hi = lo // step.factor, hi // step.factor
+        elif isinstance(step, Bilinear):
+            f2 = 2 * step.factor  # floor((o + ½)/f - ½) = floor((2o + 1 - f) / 2f)
+            lo, hi = (2 * lo + 1 - step.factor) // f2, (2 * hi + 1 - step.factor) // f2 + 1
         else:
             ends = [support(path, lo, hi) for path in step.paths]
             lo, hi = min(e[0] for e in ends), max(e[1] for e in ends)
@@ -63,7 +76,7 @@ def output_stride(steps: Sequence[Step]) -> int:
     for step in steps:
         if isinstance(step, Conv):
             num *= step.stride
-        elif isinstance(step, Up):
+        elif isinstance(step, Up | Bilinear):
             den *= step.factor
         else:
             strides = {output_stride(path) for path in step.paths}
