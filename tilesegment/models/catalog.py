@@ -23,6 +23,7 @@ from tilesegment.models import (
     pretrained,
     registry,
     resnet_unet_spec,
+    smp_models,
     tv,
     unet_spec,
 )
@@ -32,7 +33,7 @@ from tilesegment.models.plugins import load_plugins
 from tilesegment.models.spec import IMAGENET, imagenet_or_raster
 
 BUILTIN_MODULES = (identity, unet_spec, deeplab_spec, fcn_spec, tv, pretrained,
-                   resnet_unet_spec)
+                   resnet_unet_spec, smp_models)
 """The modules whose import registered the built-in models."""
 
 __all__ = ["BUILTIN_MODULES", "DEEPLAB_RADIUS", "FCN_RADIUS", "IMAGENET", "imagenet_or_raster",
