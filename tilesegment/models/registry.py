@@ -72,6 +72,12 @@ def register_family(prefix: str, make_entry: Callable[[str], ModelEntry]) -> Non
     _FAMILIES[prefix] = make_entry
 
 
+def is_family_name(name: str) -> bool:
+    """True if ``name`` starts with a registered family's ``PREFIX:``."""
+    prefix, sep, _ = name.partition(":")
+    return bool(sep) and prefix in _FAMILIES
+
+
 def family_entry(name: str) -> ModelEntry | None:
     """The entry of ``name`` if it is of a registered family (made now if need be), else
     ``None``; the family's ``ModelError`` propagates."""

@@ -20,6 +20,7 @@ encoders), so no seamless output is promised, and the halo is a quarter tile.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 from tilesegment.errors import ModelError
@@ -47,6 +48,8 @@ def parse(name: str) -> tuple[str, str]:
 
 def smp_available() -> bool:
     """True if segmentation_models_pytorch can be imported (it is not imported here)."""
+    if "segmentation_models_pytorch" in sys.modules:  # None: an import blocked on purpose
+        return sys.modules["segmentation_models_pytorch"] is not None
     return importlib.util.find_spec("segmentation_models_pytorch") is not None
 
 
