@@ -132,6 +132,25 @@ def test_tile_equals_whole_image_at_the_default_halo_and_not_below():
         1e-3 * ref.abs().max()
 
 
+def test_pipeline_tiles_equal_one_padded_whole_image_pass():
+    """Through ``segment`` at the default halo (tile 1024, three tiles across): the output
+    equals one pass of the same network over the raster mirror-padded as the pipeline pads
+    it, by a multiple of 32 covering the radius (numpy's padding, not the pipeline's)."""
+    from tests.models.test_zoo_seamless import _pass, _reference_pad, _registered
+    from tilesegment import segment
+
+    spec = get_spec("unet-resnet50", 2, 3)
+    torch.manual_seed(6)
+    net = ResNetUNet("resnet50", 2, 3, width=4).eval()
+    image = np.random.default_rng(6).normal(size=(2, 40, 800)).astype(np.float32)
+    with _registered("unet-resnet50", net) as alias:
+        tiled = segment(image, model=alias, classes=3, tile=1024, returns="logits",
+                        normalization="none")
+    ref = _pass(net, image, _reference_pad(spec), spec)
+    assert np.abs(ref).max() > 0.05
+    assert np.abs(tiled - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 # --- smp: the same network, and the plugin path -------------------------------------------
 
 
