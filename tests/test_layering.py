@@ -18,12 +18,14 @@ RULES = {
     "rasterio": ("read/", "write/"),
     "tifffile": ("read/", "write/"),
     "zarr": ("read/", "write/"),
+    "segmentation_models_pytorch": ("models/smp_models.py",),
 }
 # The registry's spec side must load without torch (``tilesegment models`` stays fast).
 TORCH_FREE = ("models/registry.py", "models/spec.py", "models/unet_geometry.py",
               "models/__init__.py", "models/catalog.py", "models/plugins.py",
               "models/identity.py", "models/unet_spec.py", "models/deeplab_spec.py",
-              "models/fcn_spec.py", "models/tv.py", "models/pretrained/__init__.py")
+              "models/fcn_spec.py", "models/tv.py", "models/pretrained/__init__.py",
+              "models/geometry.py", "models/resnet_unet_spec.py", "models/smp_models.py")
 
 
 def _imports(path: Path, top_level_only: bool = False) -> set[str]:
