@@ -12,7 +12,8 @@ import torch
 from tilesegment.errors import ModelError
 from tilesegment.models import create_model, get_spec
 from tilesegment.models.deeplab import DeepLabMSc
-from tilesegment.models.deeplab_spec import DEEPLAB_RADIUS, deeplab_radius
+from tilesegment.models.deeplab_geometry import deeplab_radius
+from tilesegment.models.deeplab_spec import DEEPLAB_RADIUS
 from tilesegment.models.fcn import FCN
 from tilesegment.models.vgg import load_torchvision_vgg16
 

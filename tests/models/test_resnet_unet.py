@@ -22,7 +22,7 @@ from tilesegment.models import create_model, get_spec
 from tilesegment.models.custom import load_model, resolve_model
 from tilesegment.models.geometry import support
 from tilesegment.models.resnet_unet import ResNetUNet
-from tilesegment.models.resnet_unet_spec import resnet_unet_steps
+from tilesegment.models.resnet_unet_geometry import resnet_unet_steps
 
 
 @pytest.fixture(scope="module")

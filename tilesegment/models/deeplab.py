@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tilesegment.errors import ModelError
-from tilesegment.models.deeplab_spec import (
+from tilesegment.models.deeplab_geometry import (
     FC6_DILATION,
     MSC_CHANNELS,
     MSC_SOURCES,

@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from tilesegment.errors import ModelError
-from tilesegment.models.resnet_unet_spec import DECODER_CHANNELS, RESNETS
+from tilesegment.models.resnet_unet_geometry import DECODER_CHANNELS, RESNETS
 
 
 class ResNetEncoder(nn.Module):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from tilesegment.errors import ModelError
 from tilesegment.grid import TileRule
 from tilesegment.models.registry import ModelEntry, register_family
-from tilesegment.models.resnet_unet_spec import DEFAULT_TILE, RESNETS, resnet_unet_radius
+from tilesegment.models.resnet_unet_geometry import DEFAULT_TILE, RESNETS, resnet_unet_radius
 from tilesegment.models.spec import ModelSpec, imagenet_or_raster
 
 if TYPE_CHECKING:
