@@ -19,12 +19,15 @@ RULES = {
     "tifffile": ("read/", "write/"),
     "zarr": ("read/", "write/"),
     "openslide": ("read/",),
+    "segmentation_models_pytorch": ("models/smp_models.py",),
 }
 # The registry's spec side must load without torch (``tilesegment models`` stays fast).
 TORCH_FREE = ("models/registry.py", "models/spec.py", "models/unet_geometry.py",
               "models/__init__.py", "models/catalog.py", "models/plugins.py",
               "models/identity.py", "models/unet_spec.py", "models/deeplab_spec.py",
-              "models/fcn_spec.py", "models/tv.py", "models/pretrained/__init__.py")
+              "models/fcn_spec.py", "models/tv.py", "models/pretrained/__init__.py",
+              "models/geometry.py", "models/resnet_unet_spec.py", "models/smp_models.py",
+              "models/resnet_unet_geometry.py", "models/deeplab_geometry.py")
 
 
 def _imports(path: Path, top_level_only: bool = False) -> set[str]:

@@ -51,6 +51,16 @@ WORKING_BYTES_PER_PIXEL: dict[str, float] = {
     "deeplabv3_resnet101": 736.0,
     "deeplabv3_mobilenet_v3_large": 187.0,
     "lraspp_mobilenet_v3_large": 246.0,
+    # Estimated from each net's peak RSS growth over one 512-px pass relative to that of a
+    # listed sibling measured the same way (fcn*, deeplab-largefov): the -bn FCNs +8 %,
+    # the MSc heads +0 %; the ResNet U-Nets scaled as deeplab-largefov (the larger figure).
+    "unet-resnet18": 480.0,
+    "unet-resnet34": 470.0,
+    "unet-resnet50": 600.0,
+    "fcn32s-bn": 390.0,
+    "fcn16s-bn": 350.0,
+    "fcn8s-bn": 380.0,
+    "deeplab-largefov-msc": 512.0,
 }
 """Peak extra memory of one CPU forward pass, bytes per input pixel of a tile, measured at
 tiles of 512 (and 1024 for the U-Nets; the larger figure kept)."""

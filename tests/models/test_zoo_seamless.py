@@ -32,6 +32,13 @@ HEAVY = {"fcn_resnet101"}  # a 2048-px tile of ResNet-101: minutes on two CPU co
 # same-padded model's seamless halo does not depend on the tile) and on small rasters,
 # against the mirror-padded pass only (its interior would need a raster of 500+ px).
 SMALL = {"fcn_resnet50"}
+# Checked by their own tests (CI time: each would cost as much as its sibling here): the -bn
+# FCNs are fcn* with a per-channel affine map after each conv (tests/models/
+# test_fcn_bn_msc.py cuts a tile from a whole image); the MSc heads are shallower than the
+# LargeFOV trunk (same test file); the ResNet U-Nets run through this file's pipeline check
+# at a tile of two cores in tests/models/test_resnet_unet.py.
+ELSEWHERE = {"fcn32s-bn", "fcn16s-bn", "fcn8s-bn", "deeplab-largefov-msc", "unet-resnet18",
+             "unet-resnet34", "unet-resnet50"}
 
 def _bounded() -> list[str]:
     return [n for n in list_models() if not get_entry(n).pretrained  # fixed bands: unet-tiny's
@@ -48,10 +55,30 @@ def _network(name: str) -> torch.nn.Module:
         for p in net.parameters():  # give the zero-initialised scores and skips some weight
             torch.nn.init.normal_(p, 0.0, 0.1)
         return net.eval()
+    if name.startswith("fcn") and name[3:] in ("32s-bn", "16s-bn", "8s-bn"):
+        from tilesegment.models.fcn import FCN
+
+        net = FCN(name[3:-3], C, K, width=8, fc_channels=32, batch_norm=True)
+        for p in net.parameters():
+            torch.nn.init.normal_(p, 0.0, 0.1)
+        for m in net.modules():  # BN with statistics of its own: an affine map per channel
+            if isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+                m.running_mean.normal_(0.0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+        return net.eval()
     if name == "deeplab-largefov":
         from tilesegment.models.deeplab import DeepLabV1
 
         return DeepLabV1(C, K, width=8, fc_channels=32).eval()
+    if name == "deeplab-largefov-msc":
+        from tilesegment.models.deeplab import DeepLabMSc
+
+        return DeepLabMSc(C, K, width=8, fc_channels=32, msc_channels=8).eval()
+    if name.startswith("unet-resnet"):
+        from tilesegment.models.resnet_unet import ResNetUNet
+
+        return ResNetUNet(name[5:], C, K, width=4).eval()
     if name in ("unet", "unet-small", "unet-valid"):
         from tilesegment.models.unet import UNet
 
@@ -147,7 +174,9 @@ def _geometry(name: str, spec) -> tuple[int, int]:
 def _cases():
     for name in _bounded():
         marks = []
-        if name in HEAVY:
+        if name in ELSEWHERE:
+            marks = [pytest.mark.skip(reason="checked by its own test file (CI time)")]
+        elif name in HEAVY:
             marks = [pytest.mark.skip(reason="minutes on 2 CPU cores; same code path as "
                                       "fcn_resnet50")]
         elif name.startswith(("fcn", "deeplab")):

@@ -3,8 +3,9 @@
 Built-in models register themselves beside their code when their modules are imported
 here (:mod:`~tilesegment.models.identity`, :mod:`~tilesegment.models.unet_spec`,
 :mod:`~tilesegment.models.deeplab_spec`, :mod:`~tilesegment.models.fcn_spec`,
-:mod:`~tilesegment.models.tv`, and the shipped trained models of
-:mod:`~tilesegment.models.pretrained`; all torch-free at import). Plugin packages (entry points
+:mod:`~tilesegment.models.tv`, :mod:`~tilesegment.models.resnet_unet_spec`, and the shipped
+trained models of :mod:`~tilesegment.models.pretrained`; all torch-free at import). Plugin
+packages (entry points
 ``tilesegment.models``, :mod:`~tilesegment.models.plugins`) load through the hook installed
 here into the registry, on the first listing or on a lookup of an unknown name.
 
@@ -21,6 +22,8 @@ from tilesegment.models import (
     identity,
     pretrained,
     registry,
+    resnet_unet_spec,
+    smp_models,
     tv,
     unet_spec,
 )
@@ -29,7 +32,8 @@ from tilesegment.models.fcn_spec import FCN_RADIUS
 from tilesegment.models.plugins import load_plugins
 from tilesegment.models.spec import IMAGENET, imagenet_or_raster
 
-BUILTIN_MODULES = (identity, unet_spec, deeplab_spec, fcn_spec, tv, pretrained)
+BUILTIN_MODULES = (identity, unet_spec, deeplab_spec, fcn_spec, tv, pretrained,
+                   resnet_unet_spec, smp_models)
 """The modules whose import registered the built-in models."""
 
 __all__ = ["BUILTIN_MODULES", "DEEPLAB_RADIUS", "FCN_RADIUS", "IMAGENET", "imagenet_or_raster",

@@ -11,7 +11,9 @@ user-supplied ``torch.nn.Module`` objects.
    ``torch.jit.load``;
 4. ``package.module:function`` (dots allowed after the colon), an importable callable
    returning an ``nn.Module``, called with ``in_channels=`` and ``num_classes=`` when its
-   signature accepts them (``num_classes`` only when known).
+   signature accepts them (``num_classes`` only when known); a value starting with a model
+   family's prefix (``smp:ARCH:ENCODER``, :mod:`tilesegment.models.smp_models`) is that
+   family's model instead.
 
 Security: only checkpoints are pure data. ``torch.jit.load`` unpickles nothing that could
 run Python code, but a TorchScript file IS a program: its ``forward`` runs whatever code it
@@ -223,6 +225,13 @@ def _kind(value: str) -> str:
                                  "tilesegment.models.checkpoint.save_checkpoint")
             return "checkpoint"
         return "torchscript"
+    from tilesegment.models.registry import is_family_name
+
+    if is_family_name(value):  # smp:ARCH:ENCODER; the family names what is wrong
+        from tilesegment.models.plugins import ensure_model
+
+        ensure_model(value)
+        return "registered"
     if _FUNCTION.fullmatch(value):
         return "function"
     if path.suffix in _FILE_SUFFIXES or "/" in value or "\\" in value:

@@ -31,14 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from tilesegment.errors import ModelError
-
-# (block, convolutions, output channels, dilation, pool stride) — VGG16 "D" configuration.
-VGG16_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
-    (1, 2, 64, 1, 2), (2, 2, 128, 1, 2), (3, 3, 256, 1, 2), (4, 3, 512, 1, 1),
-    (5, 3, 512, 2, 1),
+from tilesegment.models.deeplab_geometry import (
+    FC6_DILATION,
+    MSC_CHANNELS,
+    MSC_SOURCES,
+    OUTPUT_STRIDE,
+    VGG16_BLOCKS,
+    msc_source_strides,
 )
-OUTPUT_STRIDE = 8
-FC6_DILATION = 12
+
 FC_CHANNELS = 1024
 # torchvision's ``vgg16().features`` indices of the 13 convolutions, in order.
 TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -129,15 +130,69 @@ class DeepLabV1(nn.Module):
         return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class DeepLabMSc(DeepLabV1):
+    """DeepLab-MSc-LargeFOV (the paper's §4.2, "multi-scale prediction"): LargeFOV plus a
+    two-layer MLP on the input and on each of pool1..pool4 (a 3×3 conv of ``msc_channels``
+    (128), a 1×1 conv of 128, ReLU after each), whose features join fc7's before the class
+    layer. The paper concatenates them (5 × 128 = 640 more channels) and applies fc8; a 1×1
+    layer on a concatenation is the sum of 1×1 layers on the parts, so each head here ends
+    in its own 1×1 conv to the classes and the scores are summed with fc8's (as the released
+    Caffe nets do). Each head's 3×3 conv strides by ``8 / stride`` of its source (8 on the
+    input, 4 on pool1, 2 on pool2, 1 on pool3/pool4), which centres its pixel ``i`` on input
+    pixel ``8i``, where fc8's pixel ``i`` lies. Same input/output contract as LargeFOV.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 21, width: int = 64,
+                 fc_channels: int = FC_CHANNELS, dropout: float = 0.5,
+                 msc_channels: int = MSC_CHANNELS):
+        super().__init__(in_channels, num_classes, width, fc_channels, dropout)
+        source_channels = {"input": in_channels}
+        for block, _, channels, _, _ in VGG16_BLOCKS[:4]:
+            source_channels[f"pool{block}"] = channels * width // 64
+        strides = msc_source_strides()
+        self.msc = nn.ModuleDict()
+        for src in MSC_SOURCES:
+            self.msc[src] = nn.Sequential(OrderedDict([
+                ("conv1", nn.Conv2d(source_channels[src], msc_channels, 3,
+                                    stride=OUTPUT_STRIDE // strides[src], padding=1)),
+                ("relu1", nn.ReLU(inplace=True)),
+                ("conv2", nn.Conv2d(msc_channels, msc_channels, 1)),
+                ("relu2", nn.ReLU(inplace=True)),
+                ("score", nn.Conv2d(msc_channels, num_classes, 1)),
+            ]))
+        self.reset_parameters()
+        for head in self.msc.values():
+            nn.init.normal_(head.score.weight, 0.0, 0.01)
+
+    def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        """fc8 scores plus the five heads' scores, ``float32[N, K, ⌈H/8⌉, ⌈W/8⌉]``."""
+        maps = {"input": x}
+        h = x
+        for name, layer in self.backbone.named_children():
+            h = layer(h)
+            if name in self.msc:
+                maps[name] = h
+        score = self.fc8(self.head(h))
+        for src, head in self.msc.items():
+            score = score + head(maps[src])
+        return score
+
+
 def build_deeplab(in_channels: int, num_classes: int,
                   backbone_weights: str | Path | Mapping[str, torch.Tensor] | None = None,
-                  width: int = 64, fc_channels: int = FC_CHANNELS) -> DeepLabV1:
-    """A :class:`DeepLabV1` (``width``, ``fc_channels``: see the class); with
-    ``backbone_weights`` (a local torchvision VGG16 state dict file or mapping) its conv
-    layers and fc6/fc7 are initialised from VGG16, which needs the full width."""
+                  width: int = 64, fc_channels: int = FC_CHANNELS, msc: bool = False,
+                  msc_channels: int = MSC_CHANNELS) -> DeepLabV1:
+    """A :class:`DeepLabV1` (``width``, ``fc_channels``: see the class), or with ``msc`` a
+    :class:`DeepLabMSc`; with ``backbone_weights`` (a local torchvision VGG16 state dict
+    file or mapping) its conv layers and fc6/fc7 are initialised from VGG16, which needs the
+    full width (the MSc heads keep their random initialisation)."""
     if width < 1 or fc_channels < 1:
         raise ModelError(f"width {width} and fc_channels {fc_channels} must be positive")
-    model = DeepLabV1(in_channels, num_classes, width=width, fc_channels=fc_channels)
+    if msc:
+        model: DeepLabV1 = DeepLabMSc(in_channels, num_classes, width=width,
+                                      fc_channels=fc_channels, msc_channels=msc_channels)
+    else:
+        model = DeepLabV1(in_channels, num_classes, width=width, fc_channels=fc_channels)
     if backbone_weights is not None:
         if width != 64 or fc_channels != FC_CHANNELS:
             raise ModelError("VGG16 backbone weights need width 64 and fc_channels "

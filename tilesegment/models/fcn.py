@@ -231,19 +231,24 @@ class FCN(nn.Module):
     ``width`` (64) and ``fc_channels`` (4096) are the paper's; smaller values keep every
     geometric property for fast tests. ``score_std``: ``score_fr`` weights drawn from
     N(0, score_std²), or zero when 0 (the paper zero-initialises its class scores).
+    ``batch_norm``: the body is VGG16-BN (torchvision's ``vgg16_bn``: a BatchNorm2d after
+    each of the 13 convolutions; fc6/fc7 have none), run with its running statistics in
+    eval mode.
     """
 
     def __init__(self, variant: str = "32s", in_channels: int = 3, num_classes: int = 21,
-                 width: int = 64, fc_channels: int = 4096, score_std: float = 0.0):
+                 width: int = 64, fc_channels: int = 4096, score_std: float = 0.0,
+                 batch_norm: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ModelError(f"FCN variant {variant!r} unknown; use one of {VARIANTS}")
         self.variant = variant
         self.in_channels, self.num_classes = in_channels, num_classes
         self.width, self.fc_channels = width, fc_channels
+        self.batch_norm = batch_norm
         self.offsets = crop_offsets(variant)
         k = num_classes
-        self.backbone = VGG16(in_channels, width, ceil_mode=True)
+        self.backbone = VGG16(in_channels, width, ceil_mode=True, batch_norm=batch_norm)
         c5 = self.backbone.out_channels
         self.fc6, self.relu6, self.drop6 = nn.Conv2d(c5, fc_channels, 7), nn.ReLU(True), \
             nn.Dropout(0.5)
@@ -342,7 +347,7 @@ class FCN(nn.Module):
         param = next(coarser.parameters())
         with torch.device("meta"):  # no random init of 134 M weights about to be overwritten
             finer = cls(FINER[coarser.variant], coarser.in_channels, coarser.num_classes,
-                        coarser.width, coarser.fc_channels)
+                        coarser.width, coarser.fc_channels, batch_norm=coarser.batch_norm)
         finer = finer.to_empty(device=param.device).to(param.dtype)
         finer.reset_head()
         own, theirs = finer.state_dict(), coarser.state_dict()
@@ -357,9 +362,11 @@ class FCN(nn.Module):
 
 def build_fcn(variant: str, in_channels: int, num_classes: int,
               backbone_weights: str | Path | None = None,
-              score_std: float | None = None) -> FCN:
+              score_std: float | None = None, batch_norm: bool = False) -> FCN:
     """FCN-``variant`` in eval mode; ``backbone_weights``: a local torchvision VGG16
-    state-dict file for the body and fc6/fc7 (conv1_1 adapted to ``in_channels``).
+    state-dict file for the body and fc6/fc7 (conv1_1 adapted to ``in_channels``); with
+    ``batch_norm`` the body is VGG16-BN and the file a ``vgg16_bn`` one (fc6/fc7 from its
+    classifier.0/.3, as for plain VGG16).
 
     ``score_std`` defaults to the paper's zero ``score_fr`` when fine-tuning from a backbone
     and to 0.01 without one, so that a random-weights net (tests, benchmarks) gives varied,
@@ -368,10 +375,12 @@ def build_fcn(variant: str, in_channels: int, num_classes: int,
     if score_std is None:
         score_std = 0.0 if backbone_weights else 0.01
     if not backbone_weights:
-        return FCN(variant, in_channels, num_classes, score_std=score_std).eval()
-    weights = load_torchvision_vgg16(backbone_weights)  # fails fast, before any allocation
+        return FCN(variant, in_channels, num_classes, score_std=score_std,
+                   batch_norm=batch_norm).eval()
+    # fails fast, before any allocation
+    weights = load_torchvision_vgg16(backbone_weights, batch_norm=batch_norm)
     with torch.device("meta"):  # skip the random init of what the file overwrites
-        model = FCN(variant, in_channels, num_classes)
+        model = FCN(variant, in_channels, num_classes, batch_norm=batch_norm)
     model = model.to_empty(device="cpu")
     model.reset_scores(score_std)
     model.reset_head()

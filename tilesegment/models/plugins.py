@@ -89,9 +89,12 @@ def plugin_errors() -> dict[str, str]:
 
 
 def ensure_model(name: str) -> bool:
-    """True if ``name`` is registered, loading plugins (warning on broken ones) if it is not
-    yet."""
-    if name in list_models():
+    """True if ``name`` is registered or of a model family (``smp:Unet:resnet50``; a
+    family's ``ModelError``, e.g. its package missing, propagates), loading plugins
+    (warning on broken ones) if it is not yet."""
+    from tilesegment.models.registry import family_entry
+
+    if name in list_models() or family_entry(name) is not None:
         return True
     load_plugins(strict=False)
     return name in list_models()

@@ -12,6 +12,10 @@ plugin loader, so the import graph stays acyclic (``tests/test_import_graph.py``
 ``create_model(name, in_channels, num_classes)`` builds a module; ``get_spec`` tells the
 pipeline its geometry before any pixel is read; ``list_models(pattern)`` filters names.
 Specs need no torch; builders import it lazily.
+
+A *family* (:func:`register_family`) names models by a prefix and parameters,
+``PREFIX:…`` (``smp:Unet:resnet50``): its entries are made on first lookup and are not
+listed (there are too many to enumerate).
 """
 
 from __future__ import annotations
@@ -56,6 +60,33 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _LOADER: Callable[[], object] | None = None
+_FAMILIES: dict[str, Callable[[str], ModelEntry]] = {}
+_FAMILY_ENTRIES: dict[str, ModelEntry] = {}
+
+
+def register_family(prefix: str, make_entry: Callable[[str], ModelEntry]) -> None:
+    """Names ``{prefix}:…`` resolve to ``make_entry(name)`` (once per name; it raises a
+    ``ModelError`` for a name it cannot make, e.g. a missing optional package)."""
+    if prefix in _FAMILIES:
+        raise ModelError(f"model family {prefix!r} is already registered")
+    _FAMILIES[prefix] = make_entry
+
+
+def is_family_name(name: str) -> bool:
+    """True if ``name`` starts with a registered family's ``PREFIX:``."""
+    prefix, sep, _ = name.partition(":")
+    return bool(sep) and prefix in _FAMILIES
+
+
+def family_entry(name: str) -> ModelEntry | None:
+    """The entry of ``name`` if it is of a registered family (made now if need be), else
+    ``None``; the family's ``ModelError`` propagates."""
+    prefix, sep, _ = name.partition(":")
+    if not sep or prefix not in _FAMILIES:
+        return None
+    if name not in _FAMILY_ENTRIES:
+        _FAMILY_ENTRIES[name] = _FAMILIES[prefix](name)
+    return _FAMILY_ENTRIES[name]
 
 
 def set_loader(loader: Callable[[], object] | None) -> None:
@@ -130,8 +161,11 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def get_entry(name: str) -> ModelEntry:
     """The entry of ``name``, loading plugins first if it is not registered yet."""
-    if name not in _REGISTRY:  # a plugin's model in a process that has not loaded them
-        _load()
+    if name not in _REGISTRY:
+        family = family_entry(name)
+        if family is not None:
+            return family
+        _load()  # a plugin's model in a process that has not loaded them
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -1,5 +1,6 @@
-"""The VGG16 convolutional body (Simonyan & Zisserman 2015, configuration D) and a loader for
-torchvision's ImageNet VGG16 state dict, read from a local file only.
+"""The VGG16 convolutional body (Simonyan & Zisserman 2015, configuration D), optionally with
+batch normalisation after every convolution (torchvision's ``vgg16_bn``), and a loader for
+torchvision's ImageNet VGG16 / VGG16-BN state dicts, read from a local file only.
 
 Thirteen 3×3 convolutions (padding 1) with ReLU in five stages of 2, 2, 3, 3, 3 layers and
 64, 128, 256, 512, 512 channels, each stage ending in a 2×2 stride-2 max-pool. Layers carry
@@ -11,7 +12,7 @@ and pool5 maps, at strides 8, 16 and 32. Any number of input channels: see
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,15 +43,16 @@ def conv_names() -> list[str]:
     return [f"conv{s + 1}_{i + 1}" for s, stage in enumerate(STAGES) for i in range(len(stage))]
 
 
-def torchvision_feature_index() -> dict[str, int]:
+def torchvision_feature_index(batch_norm: bool = False) -> dict[str, int]:
     """Where each convolution sits in torchvision's ``vgg16().features`` Sequential
     (``conv1_1`` → 0, ``conv1_2`` → 2, ``conv2_1`` → 5, ...): every conv is followed by a
-    ReLU, every stage by a max-pool."""
+    ReLU, every stage by a max-pool. ``batch_norm``: ``vgg16_bn``, where a BatchNorm2d
+    follows each conv at the next index (``conv1_2`` → 3, ``conv2_1`` → 7, ...)."""
     index, i = {}, 0
     for s, stage in enumerate(STAGES):
         for c in range(len(stage)):
             index[f"conv{s + 1}_{c + 1}"] = i
-            i += 2
+            i += 3 if batch_norm else 2
         i += 1
     return index
 
@@ -61,13 +63,17 @@ class VGG16(nn.Module):
     ``width`` scales every stage's channels (64 → the paper's 64-128-256-512-512); a smaller
     width keeps the geometry (strides, receptive field) for fast tests. ``ceil_mode``
     rounds pooled sizes up as Caffe does (the FCN needs it; torchvision rounds down — the two
-    agree whenever every stage sees an even size, e.g. 224×224).
+    agree whenever every stage sees an even size, e.g. 224×224). ``batch_norm``: a
+    BatchNorm2d (``bn1_1`` …) between each conv and its ReLU, as in ``vgg16_bn``; in eval mode
+    it is a fixed per-channel affine map (running statistics), so geometry is unchanged.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64, ceil_mode: bool = False):
+    def __init__(self, in_channels: int = 3, width: int = 64, ceil_mode: bool = False,
+                 batch_norm: bool = False):
         super().__init__()
         self.in_channels = in_channels
         self.width = width
+        self.batch_norm = batch_norm
         c = in_channels
         stages = []
         for s, stage in enumerate(STAGES):
@@ -75,6 +81,8 @@ class VGG16(nn.Module):
             for i, out in enumerate(stage):
                 out = out * width // 64
                 layers[f"conv{s + 1}_{i + 1}"] = nn.Conv2d(c, out, 3, padding=1)
+                if batch_norm:
+                    layers[f"bn{s + 1}_{i + 1}"] = nn.BatchNorm2d(out)
                 layers[f"relu{s + 1}_{i + 1}"] = nn.ReLU(inplace=True)
                 c = out
             layers[f"pool{s + 1}"] = nn.MaxPool2d(2, stride=2, ceil_mode=ceil_mode)
@@ -96,6 +104,10 @@ class VGG16(nn.Module):
         stage = int(name[4]) - 1
         return getattr(self.stages[stage], name)
 
+    def bn(self, name: str) -> nn.BatchNorm2d:
+        """The batch norm after convolution ``name`` (``"conv4_3"`` → ``bn4_3``)."""
+        return getattr(self.stages[int(name[4]) - 1], "bn" + name[4:])
+
     def forward(self, x: torch.Tensor) -> VGGFeatures:
         """``float32[N, C, H, W]`` → pool3, pool4 and pool5 maps."""
         pools = []
@@ -109,6 +121,10 @@ class VGG16(nn.Module):
         input channels (:func:`adapt_first_conv`). Needs ``width`` 64."""
         if self.width != 64:
             raise ModelError(f"pretrained VGG16 weights need width 64, not {self.width}")
+        if bool(weights.bns) != self.batch_norm:
+            raise ModelError("VGG16-BN weights need the batch-normalised body (a -bn model), "
+                             "plain VGG16 weights the plain one" if weights.bns else
+                             "a batch-normalised body needs vgg16_bn weights, not plain VGG16")
         with torch.no_grad():
             for name in conv_names():
                 conv = self.conv(name)
@@ -117,6 +133,8 @@ class VGG16(nn.Module):
                     w = adapt_first_conv(w, self.in_channels)
                 conv.weight.copy_(w)
                 conv.bias.copy_(weights.convs[f"{name}.bias"])
+                if self.batch_norm:
+                    self.bn(name).load_state_dict(weights.bns[name])
         return self
 
 
@@ -142,24 +160,34 @@ class VGG16Weights:
 
     ``convs``: ``"conv1_1.weight"`` … ``"conv5_3.bias"`` (RGB, 3 input channels);
     ``fc6``, ``fc7``, ``fc8``: the classifier's Linear layers (25088→4096, 4096→4096,
-    4096→1000), as :class:`torch.nn.Linear` modules.
+    4096→1000), as :class:`torch.nn.Linear` modules. ``bns``: for ``vgg16_bn``, each
+    conv's BatchNorm2d state (``"conv1_1"`` → weight, bias, running_mean, running_var,
+    num_batches_tracked); empty for plain VGG16.
     """
 
     convs: dict[str, torch.Tensor]
     fc6: nn.Linear
     fc7: nn.Linear
     fc8: nn.Linear
+    bns: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
-def expected_torchvision_shapes() -> dict[str, tuple[int, ...]]:
-    """Every tensor of torchvision's ``vgg16().state_dict()`` and its shape."""
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def expected_torchvision_shapes(batch_norm: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of torchvision's ``vgg16().state_dict()`` (``vgg16_bn()`` with
+    ``batch_norm``) and its shape."""
     shapes: dict[str, tuple[int, ...]] = {}
     c = 3
-    for name, i in torchvision_feature_index().items():
+    for name, i in torchvision_feature_index(batch_norm).items():
         stage, layer = int(name[4]) - 1, int(name[6]) - 1
         out = STAGES[stage][layer]
         shapes[f"features.{i}.weight"] = (out, c, 3, 3)
         shapes[f"features.{i}.bias"] = (out,)
+        if batch_norm:
+            for t in BN_TENSORS:
+                shapes[f"features.{i + 1}.{t}"] = () if t == "num_batches_tracked" else (out,)
         c = out
     for (fin, fout), i in zip(((512 * 7 * 7, 4096), (4096, 4096), (4096, 1000)),
                               CLASSIFIER.values(), strict=True):
@@ -168,22 +196,34 @@ def expected_torchvision_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_torchvision_vgg16(state_dict_path: str | Path) -> VGG16Weights:
+def load_torchvision_vgg16(state_dict_path: str | Path,
+                           batch_norm: bool = False) -> VGG16Weights:
     """Read a local torchvision VGG16 state-dict file (``vgg16-397923af.pth`` or a
-    ``.safetensors`` copy; ``torch.load`` with ``weights_only=True``) and rename its tensors.
+    ``.safetensors`` copy; ``torch.load`` with ``weights_only=True``) and rename its tensors;
+    with ``batch_norm`` a ``vgg16_bn`` file (``vgg16_bn-6c64b313.pth``), BN states included.
 
     Raises :class:`ModelError` naming missing, unexpected and wrongly shaped tensors (a
-    ``vgg16_bn`` file, say, or a truncated one). Nothing is ever downloaded.
+    ``vgg16_bn`` file where plain VGG16 is expected, say, or a truncated one). Nothing is
+    ever downloaded.
     """
     from tilesegment.models.weights import check_state_fits, read_state_dict
 
     state = read_state_dict(state_dict_path)
-    check_state_fits(expected_torchvision_shapes(), state, str(state_dict_path),
-                     problem="not a torchvision VGG16 state dict", show_shapes=True, limit=6)
-    convs = {}
-    for name, i in torchvision_feature_index().items():
+    is_bn = any(k.endswith("running_mean") for k in state)
+    kind = "VGG16-BN" if batch_norm else "VGG16"
+    hint = ""
+    if is_bn != batch_norm:
+        hint = (" (it holds vgg16_bn weights: use an fcn*-bn model)" if is_bn else
+                " (it holds plain vgg16 weights: use fcn32s, fcn16s or fcn8s)")
+    check_state_fits(expected_torchvision_shapes(batch_norm), state, str(state_dict_path),
+                     problem=f"not a torchvision {kind} state dict{hint}", show_shapes=True,
+                     limit=6)
+    convs, bns = {}, {}
+    for name, i in torchvision_feature_index(batch_norm).items():
         convs[f"{name}.weight"] = state[f"features.{i}.weight"].float()
         convs[f"{name}.bias"] = state[f"features.{i}.bias"].float()
+        if batch_norm:
+            bns[name] = {t: state[f"features.{i + 1}.{t}"] for t in BN_TENSORS}
     fcs = {}
     for name, i in CLASSIFIER.items():
         w = state[f"classifier.{i}.weight"]
@@ -192,4 +232,4 @@ def load_torchvision_vgg16(state_dict_path: str | Path) -> VGG16Weights:
             linear.weight.copy_(w)
             linear.bias.copy_(state[f"classifier.{i}.bias"])
         fcs[name] = linear
-    return VGG16Weights(convs, **fcs)
+    return VGG16Weights(convs, **fcs, bns=bns)
