@@ -49,7 +49,8 @@ RUN_SECTIONS = (
 OPTIONS = (
     click.argument("sources", metavar="SOURCE...", nargs=-1, required=True),
     click.option("-o", "--output", type=click.Path(), required=True,
-                 help="Output mask: .zarr (Zarr v3) or .tif (GeoTIFF). With several inputs "
+                 help="Output mask: .zarr (Zarr v3), .tif (GeoTIFF) or .ome.zarr (OME-Zarr "
+                 "label pyramid). With several inputs "
                  "(or a glob, or @paths.txt): a folder, one <stem>.zarr per input."),
     click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
                  expose_value=False, callback=load_recipe,
@@ -92,7 +93,7 @@ OPTIONS = (
     click.option("--save-probabilities", is_flag=True, help="Also write per-class probabilities."),
     click.option("--save-disagreement", is_flag=True, help="With --blend gaussian: also write "
                  "where overlapping tiles disagree on the class (a seam diagnostic)."),
-    click.option("--output-format", type=click.Choice(["zarr", "tif"]),
+    click.option("--output-format", type=click.Choice(["zarr", "tif", "ome-zarr"]),
                  help="With several inputs: the kind of each output in the -o folder "
                  "(default zarr). One input with a file -o: its extension decides."),
     click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews."),

@@ -7,6 +7,10 @@ and the pixel size comes from the ``scale`` coordinate transformations. Optional
 attributes ``nodata``, ``crs_wkt``, ``transform``, ``pixel_size`` and ``unit`` on a plain
 array are honoured.
 
+tilesegment's own OME-Zarr output (``out.ome.zarr``: a label pyramid whose group also holds
+the output metadata) opens at the level asked, with the output's nodata and
+georeference (a coarser level's pixel size and transform scaled by ``2**level``).
+
 tilesegment's own Zarr output (a group whose ``tilesegment`` attribute holds the output
 metadata, see :mod:`tilesegment.write.meta`) opens as its ``mask`` array: one band of class
 ids with the output's georeference and nodata. ``<out>.zarr/mask``,
@@ -134,6 +138,8 @@ class ZarrRaster(Raster):
             self._init_output(node, level)
         else:
             self._init_multiscale(node, level)
+            if _output_attrs(node) is not None:
+                self._init_output_pyramid(_output_attrs(node) or {})
         array = _open_node(self._array_path)
         if not isinstance(array, zarr.Array):
             raise validate.unsupported(self._array_path, "not a Zarr array")
@@ -195,6 +201,26 @@ class ZarrRaster(Raster):
         if shape is None:
             shape = group[layout.MASK].shape
         self.levels = (LevelInfo((int(shape[0]), int(shape[1])), self.georef.pixel_size),)
+
+    def _init_output_pyramid(self, attrs: dict[str, Any]) -> None:
+        """A tilesegment OME-Zarr output (a label pyramid): class ids with the output's
+        nodata, and its georeference, each level's pixel 2^level times the base one."""
+        self._set_output(attrs, layout.MASK)
+        base = _georef(attrs)
+        factor = 2.0 ** self.level
+        transform = base.transform
+        if transform is not None and self.level:
+            a, b, c, d, e, f = transform
+            transform = (a * factor, b * factor, c, d * factor, e * factor, f)
+        size = base.pixel_size
+        if size is not None:
+            size = (size[0] * factor, size[1] * factor)
+        self.georef = Georef(crs_wkt=base.crs_wkt, transform=transform, pixel_size=size,
+                             unit=base.unit)
+        self.levels = tuple(
+            LevelInfo(info.shape, None if base.pixel_size is None else
+                      (base.pixel_size[0] * 2.0**i, base.pixel_size[1] * 2.0**i))
+            for i, info in enumerate(self.levels))
 
     def _init_multiscale(self, group: Any, level: int) -> None:
         multiscales = _multiscales(dict(group.attrs))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tilesegment.errors import OutputExistsError, UnsafeOutputError
@@ -82,9 +82,11 @@ def check_inputs(final: Path, inputs: Iterable[Path]) -> None:
                 "run, which writing there would alter; choose an output path outside it")
 
 
-def zarr_output_foreign(path: Path) -> list[str]:
+def zarr_output_foreign(path: Path,
+                        is_layer: Callable[[str], bool] = ZARR_LAYERS.__contains__) -> list[str]:
     """Entries under a Zarr output directory that a tilesegment writer did not make
-    (relative paths, sorted); [] for a pure output."""
+    (relative paths, sorted); [] for a pure output. ``is_layer``: whether a name is one of
+    the output's array directories (the layers; an OME-Zarr's numbered levels)."""
     foreign: list[str] = []
     for entry in sorted(path.iterdir()):
         name = entry.name
@@ -92,7 +94,7 @@ def zarr_output_foreign(path: Path) -> list[str]:
             foreign.append(name)
         elif name == layout.ZARR_JSON and entry.is_file():
             continue
-        elif name in ZARR_LAYERS and entry.is_dir():
+        elif is_layer(name) and entry.is_dir():
             foreign += [f"{name}/{x}" for x in _layer_foreign(entry)]
         else:
             foreign.append(name + ("/" if entry.is_dir() else ""))
@@ -129,9 +131,12 @@ def is_zarr_output(path: Path) -> bool:
     return isinstance(record, dict) and record.get("format") == layout.FORMAT_NAME
 
 
-def check_replaceable_directory(final: Path, *, overwrite: bool) -> None:
-    """The policy for a directory output (Zarr): only a pure tilesegment output there may
-    be replaced, and only with ``overwrite``."""
+def check_replaceable_directory(
+        final: Path, *, overwrite: bool,
+        is_layer: Callable[[str], bool] = ZARR_LAYERS.__contains__) -> None:
+    """The policy for a directory output (Zarr, OME-Zarr): only a pure tilesegment output
+    there may be replaced, and only with ``overwrite`` (``is_layer``: see
+    :func:`zarr_output_foreign`)."""
     if not os.path.lexists(final):
         return
     if final.is_symlink():
@@ -147,7 +152,7 @@ def check_replaceable_directory(final: Path, *, overwrite: bool) -> None:
             f"refusing to replace {final}: it is a directory that is not a "
             f"tilesegment output ({_amount(final)} would be deleted); --overwrite only "
             "replaces tilesegment outputs: move it away or choose another output path")
-    foreign = zarr_output_foreign(final)
+    foreign = zarr_output_foreign(final, is_layer)
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise UnsafeOutputError(
