@@ -145,7 +145,7 @@ def ngff_attrs(attrs: dict[str, Any], shapes: list[tuple[int, int]]) -> dict[str
     return {
         "version": NGFF_VERSION,
         "multiscales": [{
-            "name": "mask",
+            "name": layout.MASK,
             "axes": axes,
             "datasets": datasets,
             "type": "mode (2x2, ties to the lowest class id)",
