@@ -1,0 +1,205 @@
+"""OME-Zarr label outputs (``-o out.ome.zarr``): NGFF 0.5 metadata valid against the schema
+ngff-zarr ships, read back by ome-zarr's reader, level 0 byte-identical to the plain Zarr
+mask of the same run, each coarser level the 2x2 mode of the one above (an independent
+NumPy reference), and ``info``/``evaluate`` reading it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from rasterio.transform import Affine
+
+from tilesegment.cli.main import cli
+from tilesegment.errors import OutputExistsError, UnsafeOutputError
+from tilesegment.read.base import Georef
+from tilesegment.write import OutputMeta, create_output, output_kind
+from tilesegment.write.ome_zarr_output import mode_downsample2
+
+HEIGHT, WIDTH, BLOCK = 150, 130, 32
+PIXEL = 28.5
+RUN = ["--model", "identity", "--classes", "3", "--tile", "32", "--halo", "0",
+       "--block-size", str(BLOCK)]
+
+
+def invoke(*args: object) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def reference_mode(src: np.ndarray) -> np.ndarray:
+    """The 2x2 mode, window by window with a Counter (ties: the lowest value)."""
+    h, w = src.shape
+    out = np.empty(((h + 1) // 2, (w + 1) // 2), dtype=src.dtype)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            counts = Counter(src[2 * i:2 * i + 2, 2 * j:2 * j + 2].ravel().tolist())
+            top = max(counts.values())
+            out[i, j] = min(v for v, n in counts.items() if n == top)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One 3-band GeoTIFF (with nodata pixels) run into out.zarr and out.ome.zarr."""
+    folder = tmp_path_factory.mktemp("ome")
+    scene = folder / "scene.tif"
+    rng = np.random.default_rng(3)
+    # coarse 4x4-pixel patches plus noise: windows with clear winners and with ties
+    base = rng.integers(1, 256, (3, HEIGHT // 4 + 1, WIDTH // 4 + 1), dtype=np.uint8)
+    data = np.repeat(np.repeat(base, 4, axis=1), 4, axis=2)[:, :HEIGHT, :WIDTH].copy()
+    noise = rng.random((HEIGHT, WIDTH)) < 0.3
+    data[:, noise] = rng.integers(1, 256, (3, int(noise.sum())), dtype=np.uint8)
+    data[:, :9, :13] = 0  # nodata in every band
+    with rasterio.open(scene, "w", driver="GTiff", height=HEIGHT, width=WIDTH, count=3,
+                       dtype="uint8", crs="EPSG:32119", nodata=0,
+                       transform=Affine(PIXEL, 0, 600_000, 0, -PIXEL, 250_000)) as ds:
+        ds.write(data)
+    invoke("run", scene, "-o", folder / "out.zarr", *RUN)
+    invoke("run", scene, "-o", folder / "out.ome.zarr", *RUN)
+    return {"scene": scene, "zarr": folder / "out.zarr", "ome": folder / "out.ome.zarr"}
+
+
+def attributes(path: Path) -> dict:
+    return json.loads((path / "zarr.json").read_text())["attributes"]
+
+
+def expected_levels() -> list[tuple[int, int]]:
+    shapes = [(HEIGHT, WIDTH)]
+    while shapes[-1][0] > BLOCK or shapes[-1][1] > BLOCK:
+        shapes.append((-(-shapes[-1][0] // 2), -(-shapes[-1][1] // 2)))
+    return shapes
+
+
+def test_metadata_validates_against_the_ngff_schema(runs: dict[str, Path]) -> None:
+    from ngff_zarr.validate import validate
+
+    attrs = attributes(runs["ome"])
+    validate(attrs, version="0.5", model="image")
+    validate(attrs, version="0.5", model="label", strict=True)
+    ome = attrs["ome"]
+    assert ome["version"] == "0.5"
+    meta = ome["multiscales"][0]
+    assert [ax["name"] for ax in meta["axes"]] == ["y", "x"]
+    assert {ax["unit"] for ax in meta["axes"]} == {"meter"}  # EPSG:32119 is in metres
+    for level, dataset in enumerate(meta["datasets"]):
+        scale = dataset["coordinateTransformations"][0]
+        assert dataset["path"] == str(level)
+        assert scale == {"type": "scale", "scale": [PIXEL * 2**level] * 2}
+    label = ome["image-label"]
+    names = {p["label-value"]: p["class"] for p in label["properties"]}
+    assert names == {0: "class_0", 1: "class_1", 2: "class_2", 255: "nodata"}
+    colors = {c["label-value"]: c["rgba"] for c in label["colors"]}
+    assert colors[255] == [0, 0, 0, 0]
+    assert [colors[k][:3] for k in range(3)] == attrs["tilesegment"]["class_colors"]
+    # the georeference travels in the tilesegment attributes
+    with rasterio.open(runs["scene"]) as ds:
+        assert attrs["tilesegment"]["transform"] == list(ds.transform)[:6]
+        assert rasterio.crs.CRS.from_wkt(attrs["tilesegment"]["crs_wkt"]) == ds.crs
+    for array in meta["datasets"]:  # NGFF 0.5: dimension names match the axes
+        doc = json.loads((runs["ome"] / array["path"] / "zarr.json").read_text())
+        assert doc["dimension_names"] == ["y", "x"]
+
+
+def test_ome_zarr_reader_opens_every_level(runs: dict[str, Path]) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    nodes = list(Reader(parse_url(str(runs["ome"])))())
+    node = nodes[0]
+    assert node.load(Label) is not None  # read as a label image
+    assert [tuple(d.shape) for d in node.data] == expected_levels()
+    assert node.metadata["properties"][1] == {"class": "class_1"}
+    assert node.metadata["color"][255] == [0, 0, 0, 0]
+
+
+def test_level0_is_the_zarr_mask_byte_for_byte(runs: dict[str, Path]) -> None:
+    import zarr
+
+    mask_dir, level_dir = runs["zarr"] / "mask" / "c", runs["ome"] / "0" / "c"
+    chunks = sorted(p.relative_to(mask_dir) for p in mask_dir.rglob("*") if p.is_file())
+    assert len(chunks) == -(-HEIGHT // BLOCK) * -(-WIDTH // BLOCK)
+    assert sorted(p.relative_to(level_dir) for p in level_dir.rglob("*") if p.is_file()) \
+        == chunks
+    for rel in chunks:
+        assert (mask_dir / rel).read_bytes() == (level_dir / rel).read_bytes()
+    plain = zarr.open_array(str(runs["zarr"] / "mask"), mode="r")[:]
+    level0 = zarr.open_array(str(runs["ome"] / "0"), mode="r")[:]
+    np.testing.assert_array_equal(level0, plain)
+    assert (plain == 255).sum() >= 9 * 13  # nodata carried over
+
+
+def test_each_level_is_the_2x2_mode_of_the_one_above(runs: dict[str, Path]) -> None:
+    import zarr
+
+    levels = [zarr.open_array(str(runs["ome"] / str(i)), mode="r")[:]
+              for i in range(len(expected_levels()))]
+    ties = 0
+    for above, below in itertools.pairwise(levels):
+        np.testing.assert_array_equal(below, reference_mode(above))
+        ties += int((mode_downsample2(above) != above[::2, ::2]).sum())
+    assert ties > 0  # the mode is not simply the top-left pixel
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_mode_downsample2_matches_the_reference(dtype: type) -> None:
+    rng = np.random.default_rng(7)
+    top = np.iinfo(dtype).max
+    for shape in [(1, 1), (2, 3), (7, 5), (16, 17)]:
+        src = rng.choice(np.array([0, 1, 2, top], dtype=dtype), size=shape)
+        np.testing.assert_array_equal(mode_downsample2(src), reference_mode(src))
+    # two against two: the lower class wins, also over nodata
+    src = np.array([[3, 3], [top, top]], dtype=dtype)
+    assert mode_downsample2(src).tolist() == [[3]]
+
+
+def test_info_and_evaluate_read_level0(runs: dict[str, Path]) -> None:
+    desc = json.loads(invoke("info", runs["ome"], "--json"))
+    assert desc["output_check"]["complete"] is True and desc["output_check"]["problems"] == []
+    assert [tuple(lv["shape"]) for lv in desc["levels"]] == expected_levels()
+    assert desc["nodata"] == 255 and desc["unit"] == "m"
+    out = invoke("evaluate", runs["ome"], runs["zarr"], "--json", "-")
+    report = json.loads(out[out.index("{"):])
+    assert report["measures"]["pixel_accuracy"] == 1.0
+    assert [c["name"] for c in report["per_class"]] == ["class_0", "class_1", "class_2"]
+
+
+def _meta() -> OutputMeta:
+    return OutputMeta(shape=(40, 50), num_classes=2, class_names=("a", "b"),
+                      class_colors=((0, 0, 0), (255, 0, 0)), georef=Georef(),
+                      block_shape=(16, 16))
+
+
+def test_kind_and_overwrite_rules(tmp_path: Path) -> None:
+    path = tmp_path / "x.ome.zarr"
+    assert output_kind(path) == "ome-zarr" and output_kind(tmp_path / "x.zarr") == "zarr"
+    mask = (np.arange(40 * 50).reshape(40, 50) % 2).astype(np.uint8)
+    with create_output(path, _meta()) as out:
+        for r in range(0, 40, 16):
+            for c in range(0, 50, 16):
+                out.write_block(r, c, mask[r:r + 16, c:c + 16])
+    first = attributes(path)["tilesegment"]["completion"]["run_id"]
+    with pytest.raises(OutputExistsError):
+        create_output(path, _meta())
+    (path / "notes.txt").write_text("mine")  # the user's file inside: never replaced
+    with pytest.raises(UnsafeOutputError, match=r"notes\.txt"):
+        create_output(path, _meta(), overwrite=True)
+    (path / "notes.txt").unlink()
+    with create_output(path, _meta(), overwrite=True) as out:
+        for r in range(0, 40, 16):
+            for c in range(0, 50, 16):
+                out.write_block(r, c, 1 - mask[r:r + 16, c:c + 16])
+    assert attributes(path)["tilesegment"]["completion"]["run_id"] != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]  # no partials
+    plain = tmp_path / "plain.ome.zarr"
+    plain.mkdir()
+    (plain / "data.bin").write_bytes(b"x")
+    with pytest.raises(UnsafeOutputError):
+        create_output(plain, _meta(), overwrite=True)
