@@ -203,3 +203,30 @@ def test_kind_and_overwrite_rules(tmp_path: Path) -> None:
     (plain / "data.bin").write_bytes(b"x")
     with pytest.raises(UnsafeOutputError):
         create_output(plain, _meta(), overwrite=True)
+
+
+def test_half_built_pyramid_of_a_killed_run_is_swept_under_the_lock(tmp_path: Path) -> None:
+    """A run killed during ``finalize`` leaves ``.<name>.partial-<token>.pyramid``: the next
+    run onto that output removes it (under the output's lock), never one holding more."""
+    import warnings
+
+    from tilesegment.errors import StaleOutputWarning
+    from tilesegment.write import lock, stores
+
+    final = tmp_path / "x.ome.zarr"
+    killed = tmp_path / ".x.ome.zarr.partial-0a1b2c3d.pyramid"
+    (killed / "0" / "c").mkdir(parents=True)
+    (killed / "zarr.json").write_text("{}")
+    foreign = tmp_path / ".x.ome.zarr.partial-0a1b2c3e.pyramid"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    stores.clear_stale(final, None)
+    assert killed.exists()  # not under the lock: untouched
+    with lock.output_lock(final), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        stores.clear_stale(final, None)
+    messages = [str(w.message) for w in record if issubclass(w.category, StaleOutputWarning)]
+    assert not killed.exists() and (foreign / "notes.txt").read_text() == "mine"
+    assert [m.split(" (")[0] for m in messages if m.startswith("removed")] == [
+        f"removed {killed}"]
+    assert any(m.startswith(f"left {foreign} alone") for m in messages)
