@@ -106,6 +106,7 @@ def segment(
     precision: str = "fp32",
     compile: bool = False,
     resume: bool = False,
+    ome_zarr_image: str = "none",
 ) -> np.ndarray | RunSummary:
     """Segment ``source`` tile by tile.
 
@@ -121,6 +122,8 @@ def segment(
     to refine each block with a fully connected CRF over the block plus the CRF's halo.
     ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA only) model calls under
     ``torch.autocast``; ``compile``: ``torch.compile`` the model once per process.
+    ``ome_zarr_image="copy"`` (an ``.ome.zarr`` output only): the container also holds the
+    input's image (its levels from the one read), the labels under ``labels/mask``.
 
     With ``output=None`` returns the stitched result as a numpy array: ``returns="mask"``
     gives class ids ``(H, W)`` uint8/uint16 (nodata = 255/65535), ``"probabilities"`` or
@@ -143,7 +146,7 @@ def segment(
         save_probabilities=save_probabilities, save_disagreement=save_disagreement, crf=crf,
         returns=returns, overwrite=overwrite, cog=cog, scheduler=scheduler, workers=workers,
         channels_last=channels_last, progress=progress, seed=seed, protect=protect,
-        precision=precision, compile=compile)
+        precision=precision, compile=compile, ome_zarr_image=ome_zarr_image)
     plan = build_plan(source, output, **settings)
     if resume and plan.output.path is not None:
         from tilesegment.resume import resume_plan
@@ -214,6 +217,8 @@ def _output(plan: RunPlan, resume: bool = False) -> Iterator[Any]:
     target = create_output(out.given, meta, overwrite=out.overwrite, cog=out.cog,
                            inputs=list(out.inputs), fingerprint=plan.fingerprint,
                            settings=flat_fields(plan), resume=resume)
+    if out.image == "copy":
+        target.image = plan.source.raster  # read again by finalize, into the container
     try:
         yield target
     except BaseException as exc:

@@ -230,3 +230,67 @@ def test_half_built_pyramid_of_a_killed_run_is_swept_under_the_lock(tmp_path: Pa
     assert [m.split(" (")[0] for m in messages if m.startswith("removed")] == [
         f"removed {killed}"]
     assert any(m.startswith(f"left {foreign} alone") for m in messages)
+
+
+def write_input_ome_zarr(path: Path) -> list[np.ndarray]:
+    """A 2-level 3-band OME-Zarr 0.5 image at 0.5 µm (level 1 at 1 µm): the levels."""
+    import zarr
+
+    rng = np.random.default_rng(11)
+    full = rng.integers(0, 256, (3, 96, 80), dtype=np.uint8)
+    levels = [full, full[:, ::2, ::2].copy()]
+    group = zarr.open_group(str(path), mode="w")
+    datasets = []
+    for i, data in enumerate(levels):
+        group.create_array(str(i), data=data, chunks=(3, 32, 32),
+                           dimension_names=("c", "y", "x"))
+        datasets.append({"path": str(i), "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 0.5 * 2**i, 0.5 * 2**i]}]})
+    axes = [{"name": "c", "type": "channel"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes,
+                                                             "datasets": datasets}]}
+    return levels
+
+
+def test_image_copied_beside_the_labels(tmp_path: Path) -> None:
+    """``--ome-zarr-image copy``: the input's levels are the container's image, the labels
+    are ``labels/mask`` on the same µm grid; ome-zarr's reader finds both; info/evaluate
+    still read the mask; --overwrite replaces it, and refuses once a foreign file is in."""
+    import zarr
+    from ngff_zarr.validate import validate
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    source = tmp_path / "in.ome.zarr"
+    levels = write_input_ome_zarr(source)
+    out = tmp_path / "out.ome.zarr"
+    run = [*RUN[:-1], "32", "--ome-zarr-image", "copy"]
+    invoke("run", source, "-o", out, *run)
+    root, labels = attributes(out), attributes(out / "labels" / "mask")
+    validate(root, version="0.5", model="image")
+    validate(labels, version="0.5", model="label", strict=True)
+    assert attributes(out / "labels")["ome"]["labels"] == ["mask"]
+    assert labels["ome"]["image-label"]["source"] == {"image": "../../"}
+    for i, data in enumerate(levels):  # the image: the input's levels, pixel for pixel
+        np.testing.assert_array_equal(zarr.open_array(str(out / str(i)), mode="r")[:], data)
+        scale = root["ome"]["multiscales"][0]["datasets"][i]["coordinateTransformations"][0]
+        assert scale["scale"] == [1.0, 0.5 * 2**i, 0.5 * 2**i]
+    mask_scale = labels["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert mask_scale[0]["scale"] == [0.5, 0.5]  # the same µm grid as image level 0
+    want = np.argmax(levels[0], axis=0).astype(np.uint8)  # the identity model's classes
+    np.testing.assert_array_equal(
+        zarr.open_array(str(out / "labels" / "mask" / "0"), mode="r")[:], want)
+    nodes = list(Reader(parse_url(str(out)))())
+    assert [tuple(d.shape) for d in nodes[0].data] == [(3, 96, 80), (3, 48, 40)]
+    label_nodes = [n for n in nodes if n.load(Label) is not None]
+    assert len(label_nodes) == 1 and tuple(label_nodes[0].data[0].shape) == (96, 80)
+    desc = json.loads(invoke("info", out, "--json"))
+    assert desc["output_check"]["problems"] == [] and desc["shape"] == [1, 96, 80]
+    invoke("run", source, "-o", out, *run, "--overwrite")
+    (out / "labels" / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, [str(a) for a in ("run", source, "-o", out, *run,
+                                                       "--overwrite")])
+    assert result.exit_code != 0 and "labels/notes.txt" in result.output
+    assert (out / "labels" / "notes.txt").read_text() == "mine"

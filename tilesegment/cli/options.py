@@ -35,7 +35,7 @@ RUN_SECTIONS = (
     ("Tiling", ("tile", "halo", "pad_mode", "pad_value", "blend", "batch_size",
                 "block_size")),
     ("Output", ("output_format", "save_probabilities", "save_disagreement", "cog",
-                "overwrite", "resume")),
+                "overwrite", "resume", "ome_zarr_image")),
     ("Execution", ("scheduler", "local_cluster", "devices", "dashboard", "workers",
                    "precision", "compile", "progress")),
     ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
@@ -97,6 +97,10 @@ OPTIONS = (
                  help="With several inputs: the kind of each output in the -o folder "
                  "(default zarr). One input with a file -o: its extension decides."),
     click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews."),
+    click.option("--ome-zarr-image", "ome_zarr_image", type=click.Choice(["none", "copy"]),
+                 default="none", show_default=True,
+                 help="With -o *.ome.zarr: copy the input's image (its pyramid levels) into "
+                 "the container, the labels under labels/mask, so viewers show both."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output (or discard "
                  "an unfinished run of it)."),
     click.option("--scheduler", default="threads", show_default=True,

@@ -132,14 +132,19 @@ class ZarrRaster(Raster):
         self.output: dict[str, Any] | None = None
         self._local = threading.local()
         node = _open_node(self._root)
+        output = None if isinstance(node, zarr.Array) else _output_attrs(node)
+        if output is not None and output.get(layout.LABELS_KEY) == layout.LABELS_PATH:
+            # an OME-Zarr output holding the input's image too: its mask is the labels
+            self._root = self._root / layout.LABELS_PATH
+            node = _open_node(self._root)
         if isinstance(node, zarr.Array):
             self._init_plain(node, level)
-        elif _output_attrs(node) is not None and not _multiscales(dict(node.attrs)):
+        elif output is not None and not _multiscales(dict(node.attrs)):
             self._init_output(node, level)
         else:
             self._init_multiscale(node, level)
-            if _output_attrs(node) is not None:
-                self._init_output_pyramid(_output_attrs(node) or {})
+            if output is not None:
+                self._init_output_pyramid(output)
         array = _open_node(self._array_path)
         if not isinstance(array, zarr.Array):
             raise validate.unsupported(self._array_path, "not a Zarr array")
@@ -290,7 +295,7 @@ class ZarrRaster(Raster):
 
     def at_level(self, level: int) -> Raster:
         """The same file opened at pyramid ``level``."""
-        return self if level == self.level else ZarrRaster(self._root, level)
+        return self if level == self.level else ZarrRaster(self.source, level)
 
     def read(self, window: Window) -> np.ndarray:
         """Read ``window`` as ``(C, h, w)`` of :attr:`dtype`."""

@@ -82,11 +82,9 @@ def check_inputs(final: Path, inputs: Iterable[Path]) -> None:
                 "run, which writing there would alter; choose an output path outside it")
 
 
-def zarr_output_foreign(path: Path,
-                        is_layer: Callable[[str], bool] = ZARR_LAYERS.__contains__) -> list[str]:
+def zarr_output_foreign(path: Path) -> list[str]:
     """Entries under a Zarr output directory that a tilesegment writer did not make
-    (relative paths, sorted); [] for a pure output. ``is_layer``: whether a name is one of
-    the output's array directories (the layers; an OME-Zarr's numbered levels)."""
+    (relative paths, sorted); [] for a pure output."""
     foreign: list[str] = []
     for entry in sorted(path.iterdir()):
         name = entry.name
@@ -94,11 +92,17 @@ def zarr_output_foreign(path: Path,
             foreign.append(name)
         elif name == layout.ZARR_JSON and entry.is_file():
             continue
-        elif is_layer(name) and entry.is_dir():
+        elif name in ZARR_LAYERS and entry.is_dir():
             foreign += [f"{name}/{x}" for x in _layer_foreign(entry)]
         else:
             foreign.append(name + ("/" if entry.is_dir() else ""))
     return foreign
+
+
+def array_foreign(layer: Path) -> list[str]:
+    """Entries under a Zarr v3 array directory that are not its ``zarr.json`` or its
+    numbered chunk files (relative paths)."""
+    return _layer_foreign(layer)
 
 
 def _layer_foreign(layer: Path) -> list[str]:
@@ -133,10 +137,10 @@ def is_zarr_output(path: Path) -> bool:
 
 def check_replaceable_directory(
         final: Path, *, overwrite: bool,
-        is_layer: Callable[[str], bool] = ZARR_LAYERS.__contains__) -> None:
+        foreign_of: Callable[[Path], list[str]] | None = None) -> None:
     """The policy for a directory output (Zarr, OME-Zarr): only a pure tilesegment output
-    there may be replaced, and only with ``overwrite`` (``is_layer``: see
-    :func:`zarr_output_foreign`)."""
+    there may be replaced, and only with ``overwrite``. ``foreign_of``: what in the
+    directory the kind did not write (default :func:`zarr_output_foreign`)."""
     if not os.path.lexists(final):
         return
     if final.is_symlink():
@@ -152,7 +156,7 @@ def check_replaceable_directory(
             f"refusing to replace {final}: it is a directory that is not a "
             f"tilesegment output ({_amount(final)} would be deleted); --overwrite only "
             "replaces tilesegment outputs: move it away or choose another output path")
-    foreign = zarr_output_foreign(final, is_layer)
+    foreign = (foreign_of or zarr_output_foreign)(final)
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise UnsafeOutputError(

@@ -83,6 +83,21 @@ TIFF_PROVENANCE_TAG = "PROVENANCE"
 TIFF_PRECISION_TAG = "VALUES_PRECISION"
 """Tag of the probabilities GeoTIFF: ``float16`` (its float32 bands hold float16 values)."""
 
+# -- OME-Zarr outputs ----------------------------------------------------------------------
+
+LABELS_DIR = "labels"
+LABELS_PATH = "labels/mask"
+"""Where an OME-Zarr output's label pyramid goes when the input's image is copied into the
+container (the image is then the container's root multiscales)."""
+
+LABELS_KEY = "labels_path"
+"""Key of an OME-Zarr output's metadata naming its label pyramid's group (only with a
+copied image; without one the container itself is the label pyramid)."""
+
+PYRAMID_SUFFIX = ".pyramid"
+"""Suffix of the hidden directory an OME-Zarr ``finalize`` builds the container in
+(``.<name>.partial-<token>.pyramid``: never taken for a block store)."""
+
 # -- paths --------------------------------------------------------------------------------
 
 PARTIAL_MARK = ".partial-"

@@ -34,7 +34,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,12 +44,14 @@ from tilesegment.write.base import Output
 from tilesegment.write.meta import OutputMeta, meta_to_attrs
 from tilesegment.write.zarr_output import _CONFIG, BlockStore, _compressor
 
+if TYPE_CHECKING:
+    from tilesegment.read.base import Raster
+
 NGFF_VERSION = "0.5"
 """The OME-Zarr (NGFF) version written: 0.5 is the one on Zarr v3."""
 
-PYRAMID_SUFFIX = ".pyramid"
-"""Suffix of the hidden directory a finalize builds the pyramid in (never a block store's
-name: :func:`~tilesegment.write.layout.block_store_key` rejects it)."""
+PYRAMID_SUFFIX = layout.PYRAMID_SUFFIX
+LABELS_DIR, LABELS_PATH, LABELS_KEY = layout.LABELS_DIR, layout.LABELS_PATH, layout.LABELS_KEY
 
 NGFF_UNITS = {"um": "micrometer", "µm": "micrometer", "μm": "micrometer", "nm": "nanometer",
               "mm": "millimeter", "cm": "centimeter", "m": "meter", "km": "kilometer",
@@ -59,11 +61,6 @@ are left out of the axes; the CRS stays in the ``tilesegment`` attributes)."""
 
 MODE_THREADS = 4
 """Chunks of a pyramid level computed at once (memory: this many 2x2 block windows)."""
-
-
-def is_level_name(name: str) -> bool:
-    """Whether ``name`` names a pyramid level directory (``0``, ``1``, ...)."""
-    return name.isdigit()
 
 
 def mode_downsample2(src: np.ndarray) -> np.ndarray:
@@ -164,7 +161,7 @@ class OmeZarrOutput(Output):
 
     @classmethod
     def check_replaceable(cls, final: Path, *, overwrite: bool) -> None:
-        guard.check_replaceable_directory(final, overwrite=overwrite, is_layer=is_level_name)
+        guard.check_replaceable_directory(final, overwrite=overwrite, foreign_of=foreign)
 
     @classmethod
     def holds(cls, path: Path) -> bool:
@@ -176,27 +173,32 @@ class OmeZarrOutput(Output):
 
     @classmethod
     def read_meta(cls, path: Path) -> dict[str, Any]:
-        """The output metadata; ``layer_paths["mask"]`` is the group itself (readers open
-        level 0 of it), ``levels`` the pyramid's level shapes."""
+        """The output metadata; ``layer_paths["mask"]`` is the label pyramid's group (the
+        container itself, or ``labels/mask`` under a copied image; readers open level 0 of
+        it), ``levels`` its level paths."""
         attrs = _group_attrs(path)
         if attrs is None or not isinstance(attrs.get(layout.ZARR_ATTRS_KEY), dict):
             raise InputError(f"{path} is not a tilesegment OME-Zarr output")
         meta = dict(attrs[layout.ZARR_ATTRS_KEY])
-        datasets = ((attrs.get("ome") or {}).get("multiscales") or [{}])[0].get("datasets", [])
-        return {**meta, "layers": [layout.MASK], "layer_paths": {layout.MASK: str(path)},
+        labels = label_root(path, meta)
+        label_attrs = attrs if labels == path else (_group_attrs(labels) or {})
+        multiscales = (label_attrs.get("ome") or {}).get("multiscales") or [{}]
+        datasets = multiscales[0].get("datasets", [])
+        return {**meta, "layers": [layout.MASK], "layer_paths": {layout.MASK: str(labels)},
                 "levels": [d.get("path") for d in datasets], "path": str(path)}
 
     @classmethod
     def problems(cls, path: Path, meta: dict[str, Any],
                  completion: dict[str, Any]) -> list[str]:
         """Level 0 checked as a Zarr output's mask (blocks written); each coarser level's
-        array present with all its chunks."""
+        array present with all its chunks; a copied image's levels present."""
         from tilesegment.write.integrity import _layer_dir_chunks, expected_blocks
 
+        labels = label_root(path, meta)
         problems = []
         bh, bw = meta["block_shape"]
         grid = (math.ceil(meta["shape"][0] / bh), math.ceil(meta["shape"][1] / bw))
-        found = {c for c in _layer_dir_chunks(path / "0") if len(c) == 2}
+        found = {c for c in _layer_dir_chunks(labels / "0") if len(c) == 2}
         expected = expected_blocks(grid, completion)
         recorded = completion.get("blocks_written")
         if expected is None and recorded is not None and len(found) != int(recorded):
@@ -208,23 +210,33 @@ class OmeZarrOutput(Output):
         levels = meta.get("levels") or []
         if len(levels) != int(completion.get("levels", len(levels))):
             problems.append(f"{len(levels)} levels listed, {completion.get('levels')} recorded")
-        for name in levels[1:]:
-            array = path / str(name)
+        arrays = [labels / str(name) for name in levels[1:]]
+        arrays += [path / str(i) for i in range(int(completion.get("image_levels") or 0))]
+        for array in arrays:
             try:
                 doc = _read_json(array / layout.ZARR_JSON)
                 shape, chunks = doc["shape"], doc["chunk_grid"]["configuration"]["chunk_shape"]
             except (OSError, ValueError, KeyError, TypeError):
-                problems.append(f"its level {name} is missing or unreadable")
+                problems.append(f"its array {array.relative_to(path)} is missing or unreadable")
                 continue
-            want = math.ceil(shape[0] / chunks[0]) * math.ceil(shape[1] / chunks[1])
+            want = math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
             have = len(_layer_dir_chunks(array))
             if have != want:
-                problems.append(f"its level {name} has {have} of {want} chunks")
+                problems.append(f"its array {array.relative_to(path)} has {have} of {want} "
+                                "chunks")
         return problems
 
     def __init__(self, path: Path, meta: OutputMeta, *, overwrite: bool) -> None:
         super().__init__(path, meta, overwrite=overwrite)
         self.store = BlockStore(layout.block_store_path(path, self.token, scratch=True), meta)
+        self.image: Raster | None = None
+        """The input to copy into the container as the image the labels belong to (the
+        run's raster; its file's levels from the one the run read); None: labels alone."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["image"] = None  # only finalize (in the creating process) reads it
+        return state
 
     @property
     def final_paths(self) -> tuple[Path, ...]:
@@ -243,55 +255,168 @@ class OmeZarrOutput(Output):
         tmp = layout.partial_path(self.path, self.token, PYRAMID_SUFFIX)
         atomic.remove(tmp)  # a failed earlier finalize of this run
         try:
-            shapes = self._build(tmp)
+            import zarr
+
+            zarr.open_group(str(tmp), mode="w-")
+            labels = tmp
+            if self.image is not None:
+                attrs[LABELS_KEY] = LABELS_PATH
+                labels = tmp / LABELS_PATH
+                zarr.open_group(str(tmp / LABELS_DIR), mode="w-")
+                zarr.open_group(str(labels), mode="w-")
+            shapes = self._build_labels(labels)
             completion["levels"] = len(shapes)
-            self._write_group(tmp, {**attrs, layout.COMPLETION_KEY: completion}, shapes)
+            image_levels: list[dict[str, Any]] = []
+            if self.image is not None:
+                image_levels = self._build_image(tmp)
+                completion["image_levels"] = len(image_levels)
+            _sync_tree(tmp)
+            self._write_groups(tmp, {**attrs, layout.COMPLETION_KEY: completion}, shapes,
+                               image_levels)
             atomic.publish(tmp, self.path, overwrite=self.overwrite)
-        except BaseException:
+        except OSError as exc:
             atomic.remove(tmp)  # the scratch store stays: finalize may be retried
+            if isinstance(exc, OutputError):
+                raise
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        except BaseException:
+            atomic.remove(tmp)
             raise
 
-    def _build(self, tmp: Path) -> list[tuple[int, int]]:
-        """Write every level under ``tmp`` (the group's metadata comes after); return
-        their shapes. Everything is flushed to disk before returning."""
+    def _build_labels(self, root: Path) -> list[tuple[int, int]]:
+        """Write every level of the label pyramid under the group ``root`` (its metadata
+        comes after); return their shapes."""
         import zarr
 
         meta = self.meta
         chunk = meta.block_shape
         shapes = level_shapes(meta.shape, chunk)
-        group = zarr.open_group(str(tmp), mode="w-")
-        try:
-            # level 0: the store's mask, chunk files and all (same codec: the same bytes)
-            src = layout.zarr_layer_path(self.store.root, layout.MASK)
-            shutil.copytree(src, tmp / "0")
-            previous = group["0"]
-            for level in range(1, len(shapes)):
-                h, w = shapes[level]
-                target = group.create_array(
-                    str(level), shape=(h, w), chunks=(min(chunk[0], h), min(chunk[1], w)),
-                    dtype=meta.mask_dtype, fill_value=meta.nodata,
-                    compressors=_compressor(), dimension_names=("y", "x"), config=_CONFIG)
-                _downsample_level(previous, target)
-                previous = group[str(level)]
-            _sync_tree(tmp)
-        except OSError as exc:
-            if isinstance(exc, OutputError):
-                raise
-            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        group = zarr.open_group(str(root), mode="r+")
+        # level 0: the store's mask, chunk files and all (same codec: the same bytes)
+        shutil.copytree(layout.zarr_layer_path(self.store.root, layout.MASK), root / "0")
+        previous = group["0"]
+        for level in range(1, len(shapes)):
+            h, w = shapes[level]
+            target = group.create_array(
+                str(level), shape=(h, w), chunks=(min(chunk[0], h), min(chunk[1], w)),
+                dtype=meta.mask_dtype, fill_value=meta.nodata,
+                compressors=_compressor(), dimension_names=("y", "x"), config=_CONFIG)
+            _downsample_level(previous, target)
+            previous = group[str(level)]
         return shapes
 
-    def _write_group(self, tmp: Path, attrs: dict[str, Any],
-                     shapes: list[tuple[int, int]]) -> None:
-        """The group's attributes, complete: the last write before the rename."""
+    def _build_image(self, root: Path) -> list[dict[str, Any]]:
+        """Copy the input's levels (from the one the run read) into arrays ``0``, ``1``,
+        ... ``(c, y, x)`` of the group ``root``, chunk by chunk; each level's
+        ``{"shape", "pixel_size"}`` (pixel size None when the input has none)."""
         import zarr
 
-        try:
-            group = zarr.open_group(str(tmp), mode="r+")
-            group.attrs.update({"ome": ngff_attrs(attrs, shapes),
-                                layout.ZARR_ATTRS_KEY: attrs})
-            atomic.fsync_path(tmp / layout.ZARR_JSON)
-        except OSError as exc:
-            raise OutputError(f"cannot complete {self.path}: {exc.strerror or exc}") from None
+        assert self.image is not None
+        base = getattr(self.image, "base", self.image)  # a resampled raster: its file
+        group = zarr.open_group(str(root), mode="r+")
+        chunk = self.meta.block_shape
+        levels = []
+        for index, number in enumerate(range(base.level, len(base.levels))):
+            raster = base.at_level(number)
+            bands, h, w = raster.shape
+            target = group.create_array(
+                str(index), shape=(bands, h, w),
+                chunks=(bands, min(chunk[0], h), min(chunk[1], w)), dtype=raster.dtype,
+                fill_value=0, compressors=_compressor(), dimension_names=("c", "y", "x"),
+                config=_CONFIG)
+            _copy_raster(raster, target)
+            size = base.levels[number].pixel_size
+            levels.append({"shape": (h, w), "pixel_size": size, "bands": bands})
+        return levels
+
+    def _write_groups(self, tmp: Path, attrs: dict[str, Any], shapes: list[tuple[int, int]],
+                      image_levels: list[dict[str, Any]]) -> None:
+        """The groups' attributes (the labels', then the container's with the completion
+        record: the last write before the rename)."""
+        import zarr
+
+        ome = ngff_attrs(attrs, shapes)
+        if image_levels:
+            ome["image-label"]["source"] = {"image": "../../"}
+            labels = zarr.open_group(str(tmp / LABELS_PATH), mode="r+")
+            labels.attrs.update({"ome": ome})
+            atomic.fsync_path(tmp / LABELS_PATH / layout.ZARR_JSON)
+            group = zarr.open_group(str(tmp / LABELS_DIR), mode="r+")
+            group.attrs.update({"ome": {"version": NGFF_VERSION,
+                                        "labels": [LABELS_PATH.split("/")[-1]]}})
+            atomic.fsync_path(tmp / LABELS_DIR / layout.ZARR_JSON)
+            ome = image_attrs(attrs, shapes, image_levels)
+        group = zarr.open_group(str(tmp), mode="r+")
+        group.attrs.update({"ome": ome, layout.ZARR_ATTRS_KEY: attrs})
+        atomic.fsync_path(tmp / layout.ZARR_JSON)
+
+
+def label_root(path: Path, meta: dict[str, Any]) -> Path:
+    """The label pyramid's group in the output at ``path``: the container itself, or
+    ``labels/mask`` when the input's image was copied in."""
+    sub = meta.get(LABELS_KEY)
+    return path / sub if sub == LABELS_PATH else path
+
+
+def image_attrs(attrs: dict[str, Any], shapes: list[tuple[int, int]],
+                levels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``ome`` attribute of the copied image: multiscales ``(c, y, x)`` whose scales
+    put it on the labels' physical grid (each level's own pixel size when the input has
+    one, else the labels' pixel size times the size ratio)."""
+    (sy, sx), unit = base_pixel_size(attrs)
+    mask_h, mask_w = shapes[0]
+    axes = [{"name": "c", "type": "channel"},
+            *({"name": name, "type": "space", **({"unit": unit} if unit else {})}
+              for name in ("y", "x"))]
+    datasets = []
+    for index, level in enumerate(levels):
+        h, w = level["shape"]
+        size = level["pixel_size"]
+        if size is None or unit is None:
+            size = (sy * mask_h / h, sx * mask_w / w)
+        datasets.append({"path": str(index), "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, float(size[0]), float(size[1])]}]})
+    return {"version": NGFF_VERSION,
+            "multiscales": [{"name": "image", "axes": axes, "datasets": datasets}]}
+
+
+def foreign(path: Path) -> list[str]:
+    """Entries of an OME-Zarr output directory a tilesegment writer did not make: anything
+    but ``zarr.json``, numbered level arrays and ``labels/`` (``zarr.json`` and the
+    ``mask`` pyramid, itself ``zarr.json`` and numbered level arrays)."""
+    found: list[str] = []
+
+    def group(folder: Path, prefix: str, children: dict[str, Any]) -> None:
+        for entry in sorted(folder.iterdir()):
+            name = entry.name
+            if entry.is_symlink():
+                found.append(prefix + name)
+            elif name == layout.ZARR_JSON and entry.is_file():
+                continue
+            elif entry.is_dir() and name.isdigit():
+                found.extend(f"{prefix}{name}/{x}" for x in guard.array_foreign(entry))
+            elif entry.is_dir() and name in children:
+                group(entry, f"{prefix}{name}/", children[name])
+            else:
+                found.append(prefix + name + ("/" if entry.is_dir() else ""))
+
+    group(path, "", {LABELS_DIR: {LABELS_PATH.split("/")[-1]: {}}})
+    return found
+
+
+def _copy_raster(raster: Raster, dst: Any) -> None:
+    """Fill the zarr array ``dst`` ``(c, H, W)`` with ``raster``, one chunk per task."""
+    _, ch, cw = dst.chunks
+    _, h, w = dst.shape
+
+    def one(corner: tuple[int, int]) -> None:
+        r0, c0 = corner
+        r1, c1 = min(r0 + ch, h), min(c0 + cw, w)
+        dst[:, r0:r1, c0:c1] = raster.read((r0, r1, c0, c1))
+
+    corners = [(r, c) for r in range(0, h, ch) for c in range(0, w, cw)]
+    with ThreadPoolExecutor(min(MODE_THREADS, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, corners))
 
 
 def _downsample_level(src: Any, dst: Any) -> None:

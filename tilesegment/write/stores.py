@@ -331,7 +331,8 @@ def _clear_pyramids(final: Path) -> None:
     prefix = f".{final.name}{layout.PARTIAL_MARK}"
     for path in sorted(e for e in parent.iterdir() if e.name.startswith(prefix)):
         token, _, rest = path.name[len(prefix):].partition(".")
-        if rest != "pyramid" or not token or not set(token) <= set("0123456789abcdef"):
+        if f".{rest}" != layout.PYRAMID_SUFFIX or not token \
+                or not set(token) <= set("0123456789abcdef"):
             continue
         if path.is_symlink() or not path.is_dir() or path.lstat().st_uid != os.geteuid() \
                 or any(e.name != layout.ZARR_JSON and not e.name.isdigit()
