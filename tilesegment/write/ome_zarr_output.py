@@ -76,18 +76,29 @@ def mode_downsample2(src: np.ndarray) -> np.ndarray:
     h, w = src.shape
     if h == 0 or w == 0:
         return src[: (h + 1) // 2, : (w + 1) // 2].copy()
-    padded = np.pad(src, ((0, h % 2), (0, w % 2)), mode="edge")
-    quad = (padded[0::2, 0::2], padded[0::2, 1::2], padded[1::2, 0::2], padded[1::2, 1::2])
-    best = np.zeros(quad[0].shape, dtype=np.int32) - 1
-    out = quad[0].copy()
-    for candidate in quad:
-        count = sum((candidate == other).astype(np.int32) for other in quad)
-        # more votes first, then the lower value: one integer key per candidate
-        key = count * 65536 + (65535 - candidate.astype(np.int32))
-        better = key > best
-        best = np.where(better, key, best)
-        out = np.where(better, candidate, out)
-    return out.astype(src.dtype, copy=False)
+    padded = src if not (h % 2 or w % 2) else np.pad(src, ((0, h % 2), (0, w % 2)), "edge")
+    a, b, c, d = (padded[0::2, 0::2], padded[0::2, 1::2], padded[1::2, 0::2],
+                  padded[1::2, 1::2])
+    small = src.dtype == np.uint8
+    kind, shift, top = (np.uint16, 8, 255) if small else (np.uint32, 16, 65535)
+    ab, ac, ad, bc, bd, cd = a == b, a == c, a == d, b == c, b == d, c == d
+
+    def key(value: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        # the other pixels equal to this one, then the lower value: one integer to compare
+        votes = x.astype(kind)
+        votes += y
+        votes += z
+        votes <<= shift
+        votes |= top - value
+        return votes
+
+    best = key(a, ab, ac, ad)
+    out = a.copy()
+    for value, votes in ((b, key(b, ab, bc, bd)), (c, key(c, ac, bc, cd)),
+                         (d, key(d, ad, bd, cd))):
+        np.copyto(out, value, where=votes > best)
+        np.maximum(best, votes, out=best)
+    return out
 
 
 def level_shapes(shape: tuple[int, int], chunk: tuple[int, int]) -> list[tuple[int, int]]:
