@@ -294,3 +294,36 @@ def test_image_copied_beside_the_labels(tmp_path: Path) -> None:
                                                        "--overwrite")])
     assert result.exit_code != 0 and "labels/notes.txt" in result.output
     assert (out / "labels" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_finishes_a_kept_run_into_the_same_pyramid(tmp_path: Path) -> None:
+    """A run stopped half-way keeps its scratch store (keyed by the fingerprint); the
+    resumed run writes only the rest, and the published pyramid equals an uninterrupted
+    run's, level for level."""
+    import zarr
+
+    fingerprint = "ab" * 32
+    mask = np.random.default_rng(5).integers(0, 2, (40, 50)).astype(np.uint8)
+    corners = [(r, c) for r in range(0, 40, 16) for c in range(0, 50, 16)]
+    whole = tmp_path / "whole.ome.zarr"
+    with create_output(whole, _meta()) as out:
+        for r, c in corners:
+            out.write_block(r, c, mask[r:r + 16, c:c + 16])
+    path = tmp_path / "x.ome.zarr"
+    first = create_output(path, _meta(), fingerprint=fingerprint)
+    for r, c in corners[:4]:
+        first.write_block(r, c, mask[r:r + 16, c:c + 16])
+    kept = first.keep()
+    assert kept is not None and kept.name.endswith(".scratch.zarr") and not path.exists()
+    second = create_output(path, _meta(), fingerprint=fingerprint, resume=True)
+    assert sorted(second.done_blocks()) == corners[:4]
+    for r, c in corners[4:]:
+        second.write_block(r, c, mask[r:r + 16, c:c + 16])
+    second.finalize()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.ome.zarr", "x.ome.zarr"]
+    levels = attributes(path)["ome"]["multiscales"][0]["datasets"]
+    assert len(levels) == 3
+    for level in levels:
+        np.testing.assert_array_equal(
+            zarr.open_array(str(path / level["path"]), mode="r")[:],
+            zarr.open_array(str(whole / level["path"]), mode="r")[:])
