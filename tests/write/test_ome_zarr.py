@@ -327,3 +327,13 @@ def test_resume_finishes_a_kept_run_into_the_same_pyramid(tmp_path: Path) -> Non
         np.testing.assert_array_equal(
             zarr.open_array(str(path / level["path"]), mode="r")[:],
             zarr.open_array(str(whole / level["path"]), mode="r")[:])
+
+
+def test_many_inputs_name_their_ome_zarr_outputs(tmp_path: Path) -> None:
+    """``--output-format ome-zarr``: one ``<stem>.ome.zarr`` per input in the folder."""
+    from tilesegment.many import many_outputs
+
+    outs = many_outputs(["x/a.tif", "y/b.ome.tif", "z/c.ome.zarr"], tmp_path / "o",
+                        "ome-zarr")
+    assert [p.name for p in outs] == ["a.ome.zarr", "b.ome.zarr", "c.ome.zarr"]
+    assert {output_kind(p) for p in outs} == {"ome-zarr"}
