@@ -21,9 +21,12 @@ bounded by one 2x2 block window per thread, never by the raster), writes the com
 record last and renames the directory into place (:func:`~tilesegment.write.atomic.
 publish`: an old output is replaced in one step, and only with ``overwrite``).
 
-The label image is the root of the container: napari (napari-ome-zarr) opens it as a
-labels layer scaled in physical units, to lay over the image opened beside it (see
-docs/design.md, "OME-Zarr labels").
+By default the label image is the root of the container: napari (napari-ome-zarr) opens it
+as a labels layer scaled in physical units, to lay over the image opened beside it. With
+:attr:`OmeZarrOutput.image` set (``--ome-zarr-image copy``) the root is instead the input's
+image (its levels from the one the run read, ``(c, y, x)``) and the pyramid above goes to
+``labels/mask`` (``labels/zarr.json`` lists it; the output metadata names it under
+:data:`~tilesegment.write.layout.LABELS_KEY`). See docs/design.md, "OME-Zarr labels".
 """
 
 from __future__ import annotations
