@@ -214,7 +214,7 @@ def test_existing_file_refused_then_overwritten(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with rasterio.open(out) as ds:
         np.testing.assert_array_equal(ds.read(1), np.argmax(data, axis=0))
-    assert listing(tmp_path) == before
+    assert listing(tmp_path) == before | {"mask.tif.aux.xml"}  # the mask's PAM sidecar
 
 
 def test_existing_zarr_refused_then_overwritten(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from tilesegment.errors import InputError, OutputExistsError, SettingError, Tile
 __all__ = ["OUTPUT_FORMATS", "InputResult", "expand_sources", "is_pattern", "many_outputs",
            "plan_input", "segment_many"]
 
-OUTPUT_FORMATS = {"zarr": ".zarr", "tif": ".tif"}
+OUTPUT_FORMATS = {"zarr": ".zarr", "tif": ".tif", "ome-zarr": ".ome.zarr"}
 """``output_format`` → the suffix of each input's output in the output folder."""
 
 _MAGIC = re.compile(r"[*?[]")

@@ -111,6 +111,7 @@ def segment(
     tissue: str = "auto",
     tissue_mask: str | Path | None = None,
     tta: str = "none",
+    ome_zarr_image: str = "none",
 ) -> np.ndarray | RunSummary:
     """Segment ``source`` tile by tile.
 
@@ -138,6 +139,8 @@ def segment(
     ``tissue_mask``: a raster of the user's (non-zero = tissue) instead. Tiles outside the
     tissue, or all nodata, are not run: background (class 0) or nodata, see
     :mod:`tilesegment.block`.
+    ``ome_zarr_image="copy"`` (an ``.ome.zarr`` output only): the container also holds the
+    input's image (its levels from the one read), the labels under ``labels/mask``.
 
     With ``output=None`` returns the stitched result as a numpy array: ``returns="mask"``
     gives class ids ``(H, W)`` uint8/uint16 (nodata = 255/65535), ``"probabilities"`` or
@@ -161,7 +164,8 @@ def segment(
         returns=returns, overwrite=overwrite, cog=cog, scheduler=scheduler, workers=workers,
         channels_last=channels_last, progress=progress, seed=seed, protect=protect,
         precision=precision, compile=compile, tissue=tissue, tissue_mask=tissue_mask,
-        tta=tta)
+        tta=tta,
+        ome_zarr_image=ome_zarr_image)
     plan = build_plan(source, output, **settings)
     if resume and plan.output.path is not None:
         from tilesegment.resume import resume_plan
@@ -232,6 +236,8 @@ def _output(plan: RunPlan, resume: bool = False) -> Iterator[Any]:
     target = create_output(out.given, meta, overwrite=out.overwrite, cog=out.cog,
                            inputs=list(out.inputs), fingerprint=plan.fingerprint,
                            settings=flat_fields(plan), resume=resume)
+    if out.image == "copy":
+        target.image = plan.source.raster  # read again by finalize, into the container
     try:
         yield target
     except BaseException as exc:

@@ -101,7 +101,7 @@ def test_geotiff_round_trip(tmp_path: Path, transform: tuple) -> None:
     assert info["transform"] == list(transform) and info["crs_wkt"] == WKT
     with tifffile.TiffFile(path) as tif:
         assert not tif.is_bigtiff
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "mask.tif.aux.xml"]
 
 
 def test_cog(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_cog(tmp_path: Path) -> None:
     with path.open("rb") as f:
         ghost = f.read(1000)  # GDAL's structural metadata follows the TIFF header
     assert b"LAYOUT=IFDS_BEFORE_DATA" in ghost
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "mask.tif.aux.xml"]
 
 
 def test_probabilities_sibling(tmp_path: Path) -> None:
@@ -153,7 +153,8 @@ def test_probabilities_sibling(tmp_path: Path) -> None:
     assert np.isnan(got[:, :32, :48]).all()
     want = probs.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(got[:, 32:], want[:, 32:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.probabilities.tif", "scene.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "scene.probabilities.tif", "scene.tif", "scene.tif.aux.xml"]
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,8 @@ def test_disagreement_sibling(tmp_path: Path, cog: bool, shape, block) -> None:
     info = read_output_meta(path)
     assert info["layers"] == ["mask", "disagreement"]
     assert info["layer_paths"] == {"mask": str(path), "disagreement": str(sibling)}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.disagreement.tif", "scene.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "scene.disagreement.tif", "scene.tif", "scene.tif.aux.xml"]
 
 
 def test_slide_without_crs_keeps_pixel_size(tmp_path: Path) -> None:

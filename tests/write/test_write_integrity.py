@@ -80,7 +80,7 @@ def test_gdal_write_error_raises_and_keeps_old_output(tmp_path: Path, monkeypatc
         out.finalize()
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     out.abort()
-    assert snapshot(path) == old and listing(tmp_path) == ["out.tif"]
+    assert snapshot(path) == old and listing(tmp_path) == ["out.tif", "out.tif.aux.xml"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zero-count"])
@@ -184,7 +184,7 @@ def test_one_set_publication_at_a_time(tmp_path: Path) -> None:
     journal.unlink()
     second.finalize()
     check_output(path)
-    assert listing(tmp_path) == ["out.probabilities.tif", "out.tif"]
+    assert listing(tmp_path) == ["out.probabilities.tif", "out.tif", "out.tif.aux.xml"]
 
 
 def test_zarr_completion_record_names_missing_blocks(tmp_path: Path) -> None:

@@ -126,13 +126,13 @@ def test_unknown_extension_lists_the_registered_kinds(tmp_path, npy_kind) -> Non
         check_output(tmp_path / "out.png")
     message = str(info.value)
     assert isinstance(info.value, TilesegmentError) and "\n" not in message
-    assert message.endswith("(supported: .zarr, .tif, .tiff, .npyblocks)")
+    assert message.endswith("(supported: .zarr, .tif, .tiff, .ome.zarr, .npyblocks)")
     registry.unregister_writer(npy_kind.kind)
     with pytest.raises(OutputError) as info:
         create_output(tmp_path / "out.npyblocks", OutputMeta(
             shape=(4, 4), num_classes=2, class_names=("a", "b"),
             class_colors=((0, 0, 0), (1, 1, 1)), georef=Georef(), block_shape=(4, 4)))
-    assert str(info.value).endswith("(supported: .zarr, .tif, .tiff)")
+    assert str(info.value).endswith("(supported: .zarr, .tif, .tiff, .ome.zarr)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -156,4 +156,5 @@ def test_builtin_kinds_declare_their_extensions_and_layers() -> None:
     assert kinds["geotiff"].extensions == (".tif", ".tiff")
     for cls in kinds.values():
         assert cls.layers[0] == layout.MASK
-    assert registry.extensions() == {".zarr": "zarr", ".tif": "geotiff", ".tiff": "geotiff"}
+    assert registry.extensions() == {".zarr": "zarr", ".tif": "geotiff", ".tiff": "geotiff",
+                                     ".ome.zarr": "ome-zarr"}

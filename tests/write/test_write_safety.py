@@ -83,6 +83,12 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+def with_pam(*names: str) -> list[str]:
+    """``names`` plus the GDAL PAM sidecar (``<mask>.aux.xml``) each GeoTIFF mask has."""
+    masks = [n for n in names if n.endswith(".tif") and n.count(".") == 1]
+    return sorted([*names, *(f"{n}.aux.xml" for n in masks)])
+
+
 def snapshot(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` (a file or a directory) with its bytes."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -110,7 +116,7 @@ def test_existing_output_is_refused_and_untouched(tmp_path: Path, name: str) -> 
     assert "\n" not in message and str(path) in message and "--overwrite" in message
     assert isinstance(info.value, FileExistsError)
     assert snapshot(path) == old
-    assert listing(tmp_path) == [name]
+    assert listing(tmp_path) == with_pam(name)
 
 
 def test_existing_probabilities_sibling_is_refused(tmp_path: Path) -> None:
@@ -134,7 +140,7 @@ def test_existing_disagreement_sibling_is_refused(tmp_path: Path) -> None:
     out.finalize()
     np.testing.assert_array_equal(read_disagreement(tmp_path / "out.tif"),
                                   disagreement_of(mask_of(8)))
-    assert listing(tmp_path) == ["out.disagreement.tif", "out.tif"]
+    assert listing(tmp_path) == with_pam("out.disagreement.tif", "out.tif")
 
 
 def test_abort_removes_disagreement_sibling_after_failed_finalize(tmp_path: Path) -> None:
@@ -149,9 +155,9 @@ def test_abort_removes_disagreement_sibling_after_failed_finalize(tmp_path: Path
     # no sibling next to the other run's mask: only our scratch store is left
     names = listing(tmp_path)
     assert "out.disagreement.tif" not in names and "out.probabilities.tif" not in names
-    assert [n for n in names if not n.startswith(".out.tif.partial-")] == ["out.tif"]
+    assert [n for n in names if not n.startswith(".out.tif.partial-")] == with_pam("out.tif")
     out.abort()
-    assert listing(tmp_path) == ["out.tif"]
+    assert listing(tmp_path) == with_pam("out.tif")
     assert snapshot(path) == old
 
 
@@ -163,11 +169,11 @@ def test_aborted_overwrite_keeps_old_output(tmp_path: Path, name: str) -> None:
     out = create_output(path, meta, overwrite=True)
     write_blocks(out, mask_of(1))
     assert snapshot(path) == old  # nothing replaced before finalize
-    partials = [n for n in listing(tmp_path) if n != name]
+    partials = [n for n in listing(tmp_path) if n not in with_pam(name)]
     assert partials and all(n.startswith(f".{name}.partial-") for n in partials)
     out.abort()
     assert snapshot(path) == old
-    assert listing(tmp_path) == [name]
+    assert listing(tmp_path) == with_pam(name)
     with pytest.raises(OutputError, match="aborted"):
         out.finalize()
 
@@ -182,7 +188,7 @@ def test_overwrite_replaces_at_finalize(tmp_path: Path, name: str) -> None:
     np.testing.assert_array_equal(read_mask(path), mask_of(99))
     out.finalize()
     np.testing.assert_array_equal(read_mask(path), new)
-    assert listing(tmp_path) == [name]  # no partial, no moved-aside old output
+    assert listing(tmp_path) == with_pam(name)  # no partial, no moved-aside old output
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -208,7 +214,7 @@ def test_output_appearing_during_the_run_is_not_clobbered(tmp_path: Path, name: 
         out.finalize()
     assert snapshot(path) == old
     out.abort()
-    assert listing(tmp_path) == [name]
+    assert listing(tmp_path) == with_pam(name)
 
 
 def test_context_manager(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ RUN_SECTIONS = (
     ("Tiling", ("tile", "halo", "pad_mode", "pad_value", "blend", "batch_size",
                 "block_size")),
     ("Output", ("output_format", "save_probabilities", "save_disagreement", "cog",
-                "overwrite", "resume")),
+                "overwrite", "resume", "ome_zarr_image")),
     ("Execution", ("scheduler", "local_cluster", "devices", "dashboard", "workers",
                    "precision", "compile", "progress", "tta")),
     ("Dense CRF", ("crf", "crf_preset", "crf_iterations", "crf_w1", "crf_theta_alpha",
@@ -50,7 +50,8 @@ RUN_SECTIONS = (
 OPTIONS = (
     click.argument("sources", metavar="SOURCE...", nargs=-1, required=True),
     click.option("-o", "--output", type=click.Path(), required=True,
-                 help="Output mask: .zarr (Zarr v3) or .tif (GeoTIFF). With several inputs "
+                 help="Output mask: .zarr (Zarr v3), .tif (GeoTIFF) or .ome.zarr (OME-Zarr "
+                 "label pyramid). With several inputs "
                  "(or a glob, or @paths.txt): a folder, one <stem>.zarr per input."),
     click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
                  expose_value=False, callback=load_recipe,
@@ -96,10 +97,14 @@ OPTIONS = (
     click.option("--save-probabilities", is_flag=True, help="Also write per-class probabilities."),
     click.option("--save-disagreement", is_flag=True, help="With --blend gaussian: also write "
                  "where overlapping tiles disagree on the class (a seam diagnostic)."),
-    click.option("--output-format", type=click.Choice(["zarr", "tif"]),
+    click.option("--output-format", type=click.Choice(["zarr", "tif", "ome-zarr"]),
                  help="With several inputs: the kind of each output in the -o folder "
                  "(default zarr). One input with a file -o: its extension decides."),
     click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews."),
+    click.option("--ome-zarr-image", "ome_zarr_image", type=click.Choice(["none", "copy"]),
+                 default="none", show_default=True,
+                 help="With -o *.ome.zarr: copy the input's image (its pyramid levels) into "
+                 "the container, the labels under labels/mask, so viewers show both."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output (or discard "
                  "an unfinished run of it)."),
     click.option("--scheduler", default="threads", show_default=True,

@@ -57,8 +57,10 @@ def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | N
         from tilesegment.cli.run_many import check_many_usage, run_many
 
         fmt = check_many_usage(truth, output_format, cog)
-        check_usage(f"x.{fmt}", level, mpp, cog, dashboard, local_cluster, devices,
-                    scheduler, options["device"])
+        from tilesegment.many import OUTPUT_FORMATS
+
+        check_usage(f"x{OUTPUT_FORMATS[fmt]}", level, mpp, cog, dashboard, local_cluster,
+                    devices, scheduler, options["device"])
         for name in TRUTH_SETTINGS:
             options.pop(name)
         settings = segment_settings(truth=None, **options)

@@ -179,14 +179,13 @@ def _figures(folder: Path, confusion, class_names, pred, gt, sampler, rules, met
         disagreement_map,
         error_preview,
     )
-    from tilesegment.models.spec import PALETTE
+    from tilesegment.models.spec import palette
 
     folder.mkdir(parents=True, exist_ok=True)
     report = Report.build(confusion, class_names)
     heat = confusion_heatmap(report, folder / "confusion.png")
     truth, counted = _thumbnail_truth(pred, gt, sampler, rules)
-    colors = (meta or {}).get("class_colors") or [PALETTE[i % len(PALETTE)]
-                                                  for i in range(confusion.shape[0])]
+    colors = (meta or {}).get("class_colors") or list(palette(confusion.shape[0]))
     if image is None and meta:
         source = ((meta.get("provenance") or {}).get("input") or {}).get("path")
         if source and Path(source).exists():

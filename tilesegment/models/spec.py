@@ -7,12 +7,37 @@ from dataclasses import dataclass, field
 from tilesegment.errors import GeometryError
 from tilesegment.grid import TileRule, nearest_phase_halos, phase_halo
 
-# A qualitative palette (RGB) cycled for classes without colours of their own.
+# A qualitative palette (RGB): the first colours of classes without colours of their own
+# (:func:`palette` continues it past 16 classes).
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
     (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
 )
+
+
+def palette(k: int) -> tuple[tuple[int, int, int], ...]:
+    """``k`` distinct RGB colours: :data:`PALETTE`, then hues spread by the golden angle
+    (each a new hue between the earlier ones) at three alternating lightness/saturation
+    steps, so neighbouring class ids stay far apart. Never repeats a colour (k <= 2**24)."""
+    import colorsys
+
+    colors = list(PALETTE[:k])
+    seen = set(colors)
+    steps = ((0.85, 0.95), (0.65, 0.75), (0.95, 0.55))  # (value, saturation)
+    i = 1  # hue 0 (pure red) is close to PALETTE's red: start one step on
+    while len(colors) < k:
+        hue = (i * 0.6180339887498949) % 1.0
+        value, sat = steps[i % len(steps)]
+        r, g, b = colorsys.hsv_to_rgb(hue, sat, value)
+        rgb = (round(r * 255), round(g * 255), round(b * 255))
+        while rgb in seen:  # rounding collisions far along: take the next free triple
+            n = ((rgb[0] << 16 | rgb[1] << 8 | rgb[2]) + 1) % 2**24
+            rgb = (n >> 16, (n >> 8) & 255, n & 255)
+        seen.add(rgb)
+        colors.append(rgb)
+        i += 1
+    return tuple(colors)
 
 
 @dataclass(frozen=True)
@@ -75,8 +100,7 @@ class ModelSpec:
         if not self.class_names:
             object.__setattr__(self, "class_names", tuple(f"class_{i}" for i in range(k)))
         if not self.class_colors:
-            colors = tuple(PALETTE[i % len(PALETTE)] for i in range(k))
-            object.__setattr__(self, "class_colors", colors)
+            object.__setattr__(self, "class_colors", palette(k))
         if len(self.class_names) != k or len(self.class_colors) != k:
             raise ValueError(f"{self.name}: need {k} class names and colours")
 

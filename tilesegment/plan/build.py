@@ -103,6 +103,7 @@ def build_plan(
     tissue_mask: str | Path | None = None,
     tta: str = "none",
     resolve: bool = True,
+    ome_zarr_image: str = "none",
 ) -> RunPlan:
     """The :class:`RunPlan` of ``segment(source, output, **settings)`` (same arguments),
     with its fingerprint; every check ``segment()`` makes before it builds the model.
@@ -141,6 +142,7 @@ def build_plan(
                             layers=[name for name, wanted in (
                                 ("probabilities", save_probabilities),
                                 ("disagreement", save_disagreement)) if wanted])
+    _check_ome_zarr_image(ome_zarr_image, kind)
     local = scheduler is None or scheduler in ("threads", "synchronous")
     n_workers = workers or available_cores()
     budget = _Budget(raster=raster, block_size=block_size, batch_size=batch_size,
@@ -207,7 +209,7 @@ def build_plan(
             kind=kind, probabilities=bool(save_probabilities),
             disagreement=bool(save_disagreement), cog=bool(cog), overwrite=bool(overwrite),
             returns=returns, mask_dtype=np.dtype(np.uint8 if k <= 255 else np.uint16).str,
-            inputs=tuple(str(p) for p in inputs), given=output),
+            inputs=tuple(str(p) for p in inputs), given=output, image=ome_zarr_image),
         execution=ExecutionPlan(
             block=block, blocks=math.ceil(shape[0] / block[0]) * math.ceil(shape[1] / block[1]),
             tiles=rows * cols, batch_size=batch_size, device=device,
@@ -345,6 +347,14 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_ome_zarr_image(value: str, kind: str) -> None:
+    """``ome_zarr_image`` is ``none`` or ``copy``, and ``copy`` only for an OME-Zarr output."""
+    if value not in ("none", "copy"):
+        raise SettingError(f"ome_zarr_image must be 'none' or 'copy', got {value!r}")
+    if value == "copy" and kind != "ome-zarr":
+        raise SettingError("--ome-zarr-image copy needs an OME-Zarr output (-o *.ome.zarr)")
 
 
 def _check_settings(*, returns, classes, tile, halo, pad_mode, pad_value, blend, batch_size,

@@ -39,7 +39,7 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
             "value_range": None if plan.crf.value_range is None
             else [list(v) for v in plan.crf.value_range]},
         "output": {"path": out.path, "kind": out.kind, "layers": list(out.layers),
-                   "cog": out.cog, "overwrite": out.overwrite,
+                   "cog": out.cog, "overwrite": out.overwrite, "ome_zarr_image": out.image,
                    "returns": out.returns if out.path is None else None,
                    "mask_dtype": out.mask_dtype},
         "execution": {"block": list(exe.block), "blocks": exe.blocks, "tiles": exe.tiles,

@@ -170,6 +170,10 @@ class OutputPlan:
     inputs: tuple[str, ...] = ()
     given: Any = field(default=None, compare=False, repr=False)
     """The ``output`` argument as given."""
+    image: str = "none"
+    """``ome_zarr_image``: ``copy`` puts the input's image into an OME-Zarr output, the
+    labels under ``labels/mask`` (how the output is laid out, not what is computed: not in
+    the fingerprint)."""
 
     @property
     def layers(self) -> tuple[str, ...]:

@@ -7,6 +7,10 @@ and the pixel size comes from the ``scale`` coordinate transformations. Optional
 attributes ``nodata``, ``crs_wkt``, ``transform``, ``pixel_size`` and ``unit`` on a plain
 array are honoured.
 
+tilesegment's own OME-Zarr output (``out.ome.zarr``: a label pyramid whose group also holds
+the output metadata) opens at the level asked, with the output's nodata and
+georeference (a coarser level's pixel size and transform scaled by ``2**level``).
+
 tilesegment's own Zarr output (a group whose ``tilesegment`` attribute holds the output
 metadata, see :mod:`tilesegment.write.meta`) opens as its ``mask`` array: one band of class
 ids with the output's georeference and nodata. ``<out>.zarr/mask``,
@@ -128,12 +132,19 @@ class ZarrRaster(Raster):
         self.output: dict[str, Any] | None = None
         self._local = threading.local()
         node = _open_node(self._root)
+        output = None if isinstance(node, zarr.Array) else _output_attrs(node)
+        if output is not None and output.get(layout.LABELS_KEY) == layout.LABELS_PATH:
+            # an OME-Zarr output holding the input's image too: its mask is the labels
+            self._root = self._root / layout.LABELS_PATH
+            node = _open_node(self._root)
         if isinstance(node, zarr.Array):
             self._init_plain(node, level)
-        elif _output_attrs(node) is not None and not _multiscales(dict(node.attrs)):
+        elif output is not None and not _multiscales(dict(node.attrs)):
             self._init_output(node, level)
         else:
             self._init_multiscale(node, level)
+            if output is not None:
+                self._init_output_pyramid(output)
         array = _open_node(self._array_path)
         if not isinstance(array, zarr.Array):
             raise validate.unsupported(self._array_path, "not a Zarr array")
@@ -195,6 +206,26 @@ class ZarrRaster(Raster):
         if shape is None:
             shape = group[layout.MASK].shape
         self.levels = (LevelInfo((int(shape[0]), int(shape[1])), self.georef.pixel_size),)
+
+    def _init_output_pyramid(self, attrs: dict[str, Any]) -> None:
+        """A tilesegment OME-Zarr output (a label pyramid): class ids with the output's
+        nodata, and its georeference, each level's pixel 2^level times the base one."""
+        self._set_output(attrs, layout.MASK)
+        base = _georef(attrs)
+        factor = 2.0 ** self.level
+        transform = base.transform
+        if transform is not None and self.level:
+            a, b, c, d, e, f = transform
+            transform = (a * factor, b * factor, c, d * factor, e * factor, f)
+        size = base.pixel_size
+        if size is not None:
+            size = (size[0] * factor, size[1] * factor)
+        self.georef = Georef(crs_wkt=base.crs_wkt, transform=transform, pixel_size=size,
+                             unit=base.unit)
+        self.levels = tuple(
+            LevelInfo(info.shape, None if base.pixel_size is None else
+                      (base.pixel_size[0] * 2.0**i, base.pixel_size[1] * 2.0**i))
+            for i, info in enumerate(self.levels))
 
     def _init_multiscale(self, group: Any, level: int) -> None:
         multiscales = _multiscales(dict(group.attrs))
@@ -264,7 +295,7 @@ class ZarrRaster(Raster):
 
     def at_level(self, level: int) -> Raster:
         """The same file opened at pyramid ``level``."""
-        return self if level == self.level else ZarrRaster(self._root, level)
+        return self if level == self.level else ZarrRaster(self.source, level)
 
     def read(self, window: Window) -> np.ndarray:
         """Read ``window`` as ``(C, h, w)`` of :attr:`dtype`."""

@@ -11,6 +11,10 @@ way, and with ``save_disagreement`` a sibling ``<stem>.disagreement<suffix>`` (o
 band: 1 where overlapping tiles disagree, 0 where they agree, nodata 255). Siblings are
 written and verified before the mask.
 
+The mask's class names also go to a GDAL PAM sidecar ``<name>.aux.xml`` (category names
+and a thematic raster attribute table with each class's colour: QGIS and ``gdalinfo`` show
+names, not numbers), written before the mask and published in the same set.
+
 Every layer carries the run's ``run_id`` in its ``TILESEGMENT`` tag. The mask's tag holds
 the completion record: the run id, the blocks written, and each sibling's file name and
 size. It is written with ``complete: false``; only once the mask file is verified (every
@@ -102,6 +106,41 @@ def mark_tiff_complete(path: Path, run_id: str) -> None:
         raise OutputError(f"cannot complete {path}: the completion record reads {record}")
 
 
+def pam_xml(names: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
+    """The GDAL PAM document of a class mask's band 1: ``CategoryNames`` (class id i is
+    the i-th name: what QGIS's paletted renderer and ``gdalinfo`` show) and a thematic
+    raster attribute table (``Value`` (min-max usage), ``Class`` (name usage), ``Red``,
+    ``Green``, ``Blue``, ``Alpha``), one row per class."""
+    from xml.sax.saxutils import escape
+
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7),
+              ("Blue", 0, 8), ("Alpha", 0, 9)]
+    lines = ["<PAMDataset>", '  <PAMRasterBand band="1">', "    <CategoryNames>"]
+    lines += [f"      <Category>{escape(name)}</Category>" for name in names]
+    lines += ["    </CategoryNames>", '    <GDALRasterAttributeTable tableType="thematic">']
+    for index, (name, kind, usage) in enumerate(fields):
+        lines.append(f'      <FieldDefn index="{index}"><Name>{name}</Name><Type>{kind}'
+                     f"</Type><Usage>{usage}</Usage></FieldDefn>")
+    for value, (name, rgb) in enumerate(zip(names, colors, strict=True)):
+        cells = [str(value), escape(name), *(str(int(c)) for c in rgb), "255"]
+        lines.append(f'      <Row index="{value}">'
+                     + "".join(f"<F>{cell}</F>" for cell in cells) + "</Row>")
+    lines += ["    </GDALRasterAttributeTable>", "  </PAMRasterBand>", "</PAMDataset>", ""]
+    return "\n".join(lines)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (a new file) and flush it to disk."""
+    try:
+        with open(path, "x", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OutputError(f"cannot write {atomic.final_of(path)}: "
+                          f"{exc.strerror or exc}") from None
+
+
 class GeoTiffOutput(Output):
     """A single-band class-mask GeoTIFF (tiled, DEFLATE, colour map; COG if ``cog``)."""
 
@@ -111,8 +150,10 @@ class GeoTiffOutput(Output):
 
     @classmethod
     def planned_paths(cls, final: Path, layers: Iterable[str]) -> list[Path]:
-        """The mask ``final`` and a ``<stem>.<layer><suffix>`` sibling per other layer."""
-        return [final, *(sibling_path(final, layer) for layer in layers if layer != MASK)]
+        """The mask ``final``, a ``<stem>.<layer><suffix>`` sibling per other layer, and the
+        mask's PAM sidecar ``<name>.aux.xml`` (class names and attribute table)."""
+        return [final, *(sibling_path(final, layer) for layer in layers if layer != MASK),
+                layout.pam_path(final)]
 
     @classmethod
     def check_options(cls, final: Path, *, cog: bool, layers: Iterable[str] = ()) -> None:
@@ -191,7 +232,8 @@ class GeoTiffOutput(Output):
     @property
     def final_paths(self) -> tuple[Path, ...]:
         siblings = (self.probabilities_path, self.disagreement_path)
-        return (self.path, *(path for path in siblings if path is not None))
+        return (self.path, *(path for path in siblings if path is not None),
+                layout.pam_path(self.path))
 
     def _create(self) -> None:
         from tilesegment.write.transcode import parse_crs
@@ -222,6 +264,11 @@ class GeoTiffOutput(Output):
                          else self._disagreement_layer(attrs))
                 self._write_layer(layer, tmp)
                 records[name] = {"file": final.name, "bytes": tmp.stat().st_size}
+            pam = layout.pam_path(self.path)
+            tmp = layout.partial_path(pam, self.token)
+            staged.append((tmp, pam))
+            _write_synced(tmp, pam_xml(self.meta.class_names, self.meta.class_colors))
+            completion["pam"] = {"file": pam.name, "bytes": tmp.stat().st_size}
             tmp = layout.staged_tiff_path(self.path, self.token)
             staged.append((tmp, self.path))
             completion["layers"] = records

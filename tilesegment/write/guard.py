@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tilesegment.errors import OutputExistsError, UnsafeOutputError
@@ -99,6 +99,12 @@ def zarr_output_foreign(path: Path) -> list[str]:
     return foreign
 
 
+def array_foreign(layer: Path) -> list[str]:
+    """Entries under a Zarr v3 array directory that are not its ``zarr.json`` or its
+    numbered chunk files (relative paths)."""
+    return _layer_foreign(layer)
+
+
 def _layer_foreign(layer: Path) -> list[str]:
     foreign = []
     for entry in sorted(layer.iterdir()):
@@ -129,9 +135,12 @@ def is_zarr_output(path: Path) -> bool:
     return isinstance(record, dict) and record.get("format") == layout.FORMAT_NAME
 
 
-def check_replaceable_directory(final: Path, *, overwrite: bool) -> None:
-    """The policy for a directory output (Zarr): only a pure tilesegment output there may
-    be replaced, and only with ``overwrite``."""
+def check_replaceable_directory(
+        final: Path, *, overwrite: bool,
+        foreign_of: Callable[[Path], list[str]] | None = None) -> None:
+    """The policy for a directory output (Zarr, OME-Zarr): only a pure tilesegment output
+    there may be replaced, and only with ``overwrite``. ``foreign_of``: what in the
+    directory the kind did not write (default :func:`zarr_output_foreign`)."""
     if not os.path.lexists(final):
         return
     if final.is_symlink():
@@ -147,7 +156,7 @@ def check_replaceable_directory(final: Path, *, overwrite: bool) -> None:
             f"refusing to replace {final}: it is a directory that is not a "
             f"tilesegment output ({_amount(final)} would be deleted); --overwrite only "
             "replaces tilesegment outputs: move it away or choose another output path")
-    foreign = zarr_output_foreign(final)
+    foreign = (foreign_of or zarr_output_foreign)(final)
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise UnsafeOutputError(

@@ -12,9 +12,10 @@ under ``<layer>/c/``), its metadata in the group attribute :data:`ZARR_ATTRS_KEY
 completion record under :data:`COMPLETION_KEY` of that metadata.
 
 A GeoTIFF output ``out.tif`` is the mask file plus one sibling per optional layer,
-``out.<layer>.tif`` (:func:`sibling_path`); each carries the metadata as JSON in its
-:data:`TIFF_ATTRS_TAG` tag and names its layer in :data:`TIFF_LAYER_TAG`; the mask's
-completion record lists the siblings.
+``out.<layer>.tif`` (:func:`sibling_path`), and the GDAL PAM sidecar ``out.tif.aux.xml``
+(:func:`pam_path`: the class names and attribute table GIS software shows); each TIFF
+carries the metadata as JSON in its :data:`TIFF_ATTRS_TAG` tag and names its layer in
+:data:`TIFF_LAYER_TAG`; the mask's completion record lists the siblings.
 
 Temporary names, all hidden siblings of the final path ``<dir>/<name>``:
 ``.<name>.partial-<token><suffix>`` (what a run writes before publishing), the block
@@ -82,6 +83,21 @@ TIFF_PROVENANCE_TAG = "PROVENANCE"
 TIFF_PRECISION_TAG = "VALUES_PRECISION"
 """Tag of the probabilities GeoTIFF: ``float16`` (its float32 bands hold float16 values)."""
 
+# -- OME-Zarr outputs ----------------------------------------------------------------------
+
+LABELS_DIR = "labels"
+LABELS_PATH = "labels/mask"
+"""Where an OME-Zarr output's label pyramid goes when the input's image is copied into the
+container (the image is then the container's root multiscales)."""
+
+LABELS_KEY = "labels_path"
+"""Key of an OME-Zarr output's metadata naming its label pyramid's group (only with a
+copied image; without one the container itself is the label pyramid)."""
+
+PYRAMID_SUFFIX = ".pyramid"
+"""Suffix of the hidden directory an OME-Zarr ``finalize`` builds the container in
+(``.<name>.partial-<token>.pyramid``: never taken for a block store)."""
+
 # -- paths --------------------------------------------------------------------------------
 
 PARTIAL_MARK = ".partial-"
@@ -103,6 +119,15 @@ def zarr_layer_path(root: Path, layer: str) -> Path:
 def sibling_path(path: Path, layer: str) -> Path:
     """``<dir>/<stem>.<layer><suffix>``: the GeoTIFF of ``layer`` next to the mask ``path``."""
     return path.with_name(f"{path.stem}.{layer}{path.suffix}")
+
+
+PAM_SUFFIX = ".aux.xml"
+"""Suffix of the GDAL PAM sidecar of a GeoTIFF mask (class names, attribute table)."""
+
+
+def pam_path(path: Path) -> Path:
+    """``<dir>/<name>.aux.xml``: the GDAL PAM sidecar GDAL reads with the GeoTIFF ``path``."""
+    return path.with_name(path.name + PAM_SUFFIX)
 
 
 def geotiff_layer_path(path: Path, layer: str) -> Path:

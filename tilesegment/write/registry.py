@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 BUILTIN: dict[str, str] = {
     "zarr": "tilesegment.write.zarr_output:ZarrOutput",
     "geotiff": "tilesegment.write.geotiff_output:GeoTiffOutput",
+    "ome-zarr": "tilesegment.write.ome_zarr_output:OmeZarrOutput",
 }
 """The kinds shipped with tilesegment, as ``module:Class`` (imported on first use)."""
 
@@ -52,6 +53,14 @@ def writer(kind: str) -> type[Output]:
 def extensions() -> dict[str, str]:
     """Every supported extension (lower case, with its dot) → the kind it selects."""
     return {ext: kind for kind, cls in writers().items() for ext in cls.extensions}
+
+
+def suffix_of(path: str | Path) -> str:
+    """The registered extension ``path``'s name ends with (the longest: ``.ome.zarr``
+    before ``.zarr``), lower case; else its last suffix (``""`` for none)."""
+    name = Path(path).name.lower()
+    matches = [ext for ext in extensions() if name.endswith(ext) and len(name) > len(ext)]
+    return max(matches, key=len) if matches else Path(name).suffix
 
 
 def register_writer(cls: W, *, replace: bool = False) -> W:
@@ -86,7 +95,7 @@ def reader_for(path: Path) -> type[Output]:
     when that kind :meth:`~tilesegment.write.base.Output.holds` what is there, else the
     first registered kind that does (a hidden partial, a layer inside an output)."""
     classes = writers()
-    kind = extensions().get(path.suffix.lower())
+    kind = extensions().get(suffix_of(path))
     if kind is not None and classes[kind].holds(path):
         return classes[kind]
     for cls in classes.values():
@@ -99,7 +108,7 @@ def reader_for(path: Path) -> type[Output]:
 def writer_for(path: str | Path) -> type[Output]:
     """The writer class selected by the extension of ``path``; OutputError (one line,
     listing the supported extensions) when none is."""
-    suffix = Path(path).suffix.lower()
+    suffix = suffix_of(path)
     known = extensions()
     try:
         return writer(known[suffix])

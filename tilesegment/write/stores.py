@@ -213,6 +213,7 @@ def clear_stale(final: Path, fingerprint: str | None, finals: Iterable[Path] = (
         for path in (final, *finals):
             _clear_old(path)
             _clear_staged(path)
+            _clear_pyramids(path)
     return _choose(final, unfinished, fingerprint, resume, settings)
 
 
@@ -318,6 +319,31 @@ def _clear_staged(final: Path) -> None:
         if amount is not None:
             _warn(f"removed {path} ({amount}): a GeoTIFF an interrupted run staged before "
                   "publishing it")
+
+
+def _clear_pyramids(final: Path) -> None:
+    """Remove the OME-Zarr pyramids a run killed during ``finalize`` left half-built beside
+    ``final`` (``.<name>.partial-<token>.pyramid``): directories of this user holding a
+    Zarr group (or nothing yet). Under the output's lock only."""
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    prefix = f".{final.name}{layout.PARTIAL_MARK}"
+    for path in sorted(e for e in parent.iterdir() if e.name.startswith(prefix)):
+        token, _, rest = path.name[len(prefix):].partition(".")
+        if f".{rest}" != layout.PYRAMID_SUFFIX or not token \
+                or not set(token) <= set("0123456789abcdef"):
+            continue
+        if path.is_symlink() or not path.is_dir() or path.lstat().st_uid != os.geteuid() \
+                or any(e.name != layout.ZARR_JSON and not e.name.isdigit()
+                       for e in path.iterdir()):
+            _warn(f"left {path} alone: it is named like a pyramid an interrupted run was "
+                  f"building for {final.name}, but does not hold only that")
+            continue
+        amount = _remove(path, "")
+        if amount is not None:
+            _warn(f"removed {path} ({amount}): an OME-Zarr pyramid an interrupted run was "
+                  "building")
 
 
 def _tiff_or_empty(path: Path) -> bool:
