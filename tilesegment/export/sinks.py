@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,11 @@ class OgrSink(Sink):
         import pyogrio.raw
 
         try:
-            pyogrio.raw.write(str(path), geoms, data, list(self.fields), driver=driver,
-                              geometry_type="Polygon", crs=self.crs, append=append,
-                              layer=self.final.stem)
+            with warnings.catch_warnings():  # pixel coordinates have no CRS, on purpose
+                warnings.filterwarnings("ignore", "'crs' was not provided")
+                pyogrio.raw.write(str(path), geoms, data, list(self.fields), driver=driver,
+                                  geometry_type="Polygon", crs=self.crs, append=append,
+                                  layer=self.final.stem)
         except Exception as exc:  # pyogrio's and GDAL's errors: one line, a library's
             raise OutputError(f"cannot write {self.final}: {exc}") from exc
 
