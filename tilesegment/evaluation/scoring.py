@@ -54,7 +54,8 @@ def evaluate(
     """
     meta = _output_meta(prediction)  # refuses an incomplete or mixed output of ours
     pred = open_raster(prediction)
-    gt = _open_truth(truth, pred, class_field, meta, allow_crs_alias)
+    gt = _open_truth(truth, pred, class_field,
+                     class_names or (meta or {}).get("class_names"), allow_crs_alias)
     if class_field is not None:
         resample_truth = False  # rasterised on the prediction's grid already
     if pred.bands != 1 or gt.bands != 1:
@@ -115,7 +116,7 @@ def evaluate(
         "random_weights": _random_weights_model(meta)})
 
 
-def _open_truth(truth: Any, pred, class_field: str | None, meta: dict | None,
+def _open_truth(truth: Any, pred, class_field: str | None, names: list[str] | None,
                 allow_crs_alias: bool):
     """The truth as a raster: polygons rasterised on ``pred``'s grid with
     ``class_field``, else whatever ``open_raster`` opens."""
@@ -124,8 +125,7 @@ def _open_truth(truth: Any, pred, class_field: str | None, meta: dict | None,
     if class_field is not None:
         if not isinstance(truth, str | Path):
             raise InputError("--class-field needs a vector truth file")
-        return VectorTruth(truth, pred, class_field, (meta or {}).get("class_names"),
-                           allow_crs_alias)
+        return VectorTruth(truth, pred, class_field, names, allow_crs_alias)
     if isinstance(truth, str | Path) and is_vector(truth):
         raise InputError(f"{truth} is a vector file: name the field holding each "
                          "polygon's class with --class-field")

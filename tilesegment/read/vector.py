@@ -115,7 +115,7 @@ class VectorTruth(Raster):
 
         if self.transform is None:
             return Affine.translation(c0, r0)
-        return Affine(*self.transform) * Affine.translation(c0, r0)
+        return Affine(*self.transform) @ Affine.translation(c0, r0)
 
     def read(self, window: Window) -> np.ndarray:
         import pyogrio.raw
@@ -127,7 +127,7 @@ class VectorTruth(Raster):
         if r1 == r0 or c1 == c0:
             return out
         t = self._window_transform(r0, c0)
-        corners = [t * (x, y) for x in (0, c1 - c0) for y in (0, r1 - r0)]
+        corners = [t @ (x, y) for x in (0, c1 - c0) for y in (0, r1 - r0)]
         xs, ys = zip(*corners, strict=True)
         bbox = (min(xs), min(ys), max(xs), max(ys))
         _, _, wkb, data = pyogrio.raw.read(self.source, bbox=bbox, columns=[self.field])[:4]
