@@ -95,18 +95,16 @@ class _Joiner:
         return group
 
 
-def canonical(geometry):
-    """``geometry`` without collinear vertices, in shapely's normal form."""
-    import shapely
-
-    return shapely.normalize(shapely.simplify(geometry, 0.0, preserve_topology=True))
-
-
 def _finish(group: _Group) -> Region:
+    """The region of a whole group: its pieces' union without the collinear vertices the
+    seams leave (``rasterio.features.shapes`` leaves none: a vertex at every turn only;
+    Douglas-Peucker at tolerance 0 drops exactly the collinear ones), normalised."""
     import shapely
 
-    geom = group.pieces[0] if len(group.pieces) == 1 else shapely.union_all(group.pieces)
-    return Region(canonical(geom), group.class_id, group.pixels, group.prob_sum,
+    geom = group.pieces[0]
+    if len(group.pieces) > 1:
+        geom = shapely.simplify(shapely.union_all(group.pieces), 0.0, preserve_topology=False)
+    return Region(shapely.normalize(geom), group.class_id, group.pixels, group.prob_sum,
                   group.prob_count)
 
 
