@@ -23,7 +23,6 @@ from tilesegment.cli.options import (
     segment_settings,
 )
 from tilesegment.cli.polygons import (
-    RUN_POLYGON_NAMES,
     export_and_report,
     export_settings,
     precheck,
@@ -46,8 +45,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-@click.command(cls=SectionedCommand,
-               sections=(*RUN_SECTIONS, ("Polygons", RUN_POLYGON_NAMES)))
+@click.command(cls=SectionedCommand, sections=RUN_SECTIONS)
 @run_options
 @RESUME_OPTION
 @run_polygon_options
