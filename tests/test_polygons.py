@@ -137,8 +137,8 @@ def test_min_area_simplify_and_formats(mask_tif, tmp_path):
         out = tmp_path / f"p{suffix}"
         ok(invoke("polygons", path, "-o", out, "--block", 16, "--min-area", limit,
                   "--simplify", 1))
-        _, geoms, fields = read_polygons(out)
-        assert len(geoms) == kept and (fields["area"] >= limit).all()
+        meta, geoms, fields = read_polygons(out)
+        assert meta["crs"] == CRS and len(geoms) == kept and (fields["area"] >= limit).all()
         assert all(g.is_valid and not g.is_empty for g in geoms)
     assert not list(tmp_path.glob(".*"))  # nothing hidden left behind
 

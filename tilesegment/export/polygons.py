@@ -178,7 +178,7 @@ def export_polygons(
     import shapely
 
     from tilesegment.export.regions import trace_regions
-    from tilesegment.export.sinks import OgrSink, QuPathSink, driver_for
+    from tilesegment.export.sinks import QuPathSink, driver_for, gis_sink
     from tilesegment.models.spec import PALETTE
 
     started = time.perf_counter()
@@ -218,7 +218,7 @@ def export_polygons(
     sinks = []
     try:
         if polygons is not None:
-            sinks.append(("gis", OgrSink(Path(polygons), fields, grid.crs_wkt)))
+            sinks.append(("gis", gis_sink(Path(polygons), fields, grid.crs_wkt)))
         if qupath is not None:
             sinks.append(("qupath", QuPathSink(Path(qupath), qupath_objects)))
         found = written = 0

@@ -1,5 +1,5 @@
-"""Where exported regions go, a batch at a time: GIS files through pyogrio (GeoPackage,
-GeoJSON, FlatGeobuf) and QuPath's GeoJSON dialect written by hand.
+"""Where exported regions go: GeoPackage and FlatGeobuf through pyogrio (a batch at a
+time), GeoJSON and QuPath's GeoJSON dialect written by hand (a feature at a time).
 
 Every sink writes a hidden sibling of its final path (``.<name>.partial-<token>``) and
 renames it into place only when complete (:meth:`Sink.publish`); :meth:`Sink.abort`
@@ -36,6 +36,13 @@ def driver_for(path: Path) -> str:
                          f"(not {path.suffix or 'no suffix'!r})") from None
 
 
+def gis_sink(final: Path, fields: dict[str, Any], crs_wkt: str | None) -> Sink:
+    """The sink of a polygon file, by its suffix."""
+    if driver_for(final) == "GeoJSON":
+        return GeoJsonSink(final, fields, crs_wkt)
+    return OgrSink(final, fields, crs_wkt)
+
+
 class Sink:
     """Collects features and writes them in batches to a hidden partial file."""
 
@@ -63,13 +70,12 @@ class Sink:
 
 
 class OgrSink(Sink):
-    """A GeoPackage, GeoJSON or FlatGeobuf file of polygons with ``fields`` (name → numpy
+    """A GeoPackage or FlatGeobuf file of polygons with ``fields`` (name → numpy
     dtype or ``str``), appended a batch at a time.
 
     FlatGeobuf cannot be appended to (its header holds the feature count): its batches
     go to a hidden GeoPackage first, copied into the ``.fgb`` in one call at the end — so a
-    FlatGeobuf output needs memory for all its features once; GeoPackage and GeoJSON are
-    streamed.
+    FlatGeobuf output needs memory for all its features once; GeoPackage is streamed.
     """
 
     def __init__(self, final: Path, fields: dict[str, Any], crs_wkt: str | None) -> None:
@@ -125,6 +131,49 @@ class OgrSink(Sink):
             _, _, geoms, data = pyogrio.raw.read(str(self.stage))[:4]
             self._write(self.partial, "FlatGeobuf", geoms, list(data), append=False)
             self.stage.unlink()
+
+
+class GeoJsonSink(Sink):
+    """A GeoJSON FeatureCollection streamed by hand, a feature at a time (GDAL's GeoJSON
+    append re-reads the file on every batch). The CRS goes in a ``crs`` member, as GDAL
+    writes it: ``urn:ogc:def:crs:EPSG::<code>`` where the CRS has an EPSG code, else its
+    WKT (which GDAL reads back too); none for pixel coordinates. NaN fields become null."""
+
+    def __init__(self, final: Path, fields: dict[str, Any], crs_wkt: str | None) -> None:
+        super().__init__(final)
+        self.fields = list(fields)
+        head: dict[str, Any] = {"type": "FeatureCollection", "name": final.stem}
+        if crs_wkt:
+            from rasterio.crs import CRS
+
+            code = CRS.from_wkt(crs_wkt).to_epsg()
+            name = f"urn:ogc:def:crs:EPSG::{code}" if code else crs_wkt
+            head["crs"] = {"type": "name", "properties": {"name": name}}
+        try:
+            self.file = open(self.partial, "x", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise OutputError(f"cannot write {final}: {exc}") from exc
+        self.file.write(json.dumps(head)[:-1] + ', "features": [\n')
+
+    def add(self, geometry, properties: dict[str, Any]) -> None:
+        import shapely
+
+        values = {}
+        for name in self.fields:
+            v = properties[name]
+            v = v.item() if isinstance(v, np.generic) else v
+            values[name] = None if isinstance(v, float) and not np.isfinite(v) else v
+        feature = {"type": "Feature", "properties": values,
+                   "geometry": json.loads(shapely.to_geojson(geometry))}
+        self.file.write((",\n" if self.count else "") + json.dumps(feature, ensure_ascii=False))
+        self.count += 1
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.write("\n]}\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
 
 
 class QuPathSink(Sink):
