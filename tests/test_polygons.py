@@ -244,3 +244,17 @@ def test_qupath_detections_from_the_polygons_command(slide_run, tmp_path):
     first = json.loads((slide_run["folder"] / "q.geojson").read_text())["features"]
     assert sorted(json.dumps(f["geometry"]) for f in feats) == sorted(
         json.dumps(f["geometry"]) for f in first)
+
+
+def test_qupath_needs_the_slide_when_not_level0(slide_run, tmp_path):
+    slide = slide_run["folder"] / "slide.tif"
+    moved = slide.with_name("moved.tif")
+    slide.rename(moved)
+    try:
+        r = invoke("polygons", slide_run["out"], "--qupath", tmp_path / "q.geojson")
+    finally:
+        moved.rename(slide)
+    assert r.exit_code == 1 and "level-0" in r.output and "slide.tif" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+    # the plain polygons need no slide
+    ok(invoke("polygons", slide_run["out"], "-o", tmp_path / "p.gpkg"))
