@@ -4,11 +4,12 @@ on a large synthetic mask, at two block sizes.
     python benchmarks/bench_polygons.py                      # 16384² px, ~1e5 regions
     python benchmarks/bench_polygons.py --side 4096 --json /tmp/poly.json   # quick
 
-The mask (uint8, 4 classes) is value noise thresholded: random values on a lattice of
-``--cell`` px spacing, bilinearly interpolated, cut at the quartiles. It is generated
-block by block straight into a Zarr v3 array (only the lattice and one block in memory),
-so regions cross block edges everywhere. Each export is its own process (``python -c``
-calling the CLI in-process, then reporting its own ``ru_maxrss``): the peak resident
+The mask (uint8, 4 classes) is a random class per cell of a ``--cell`` px lattice warped
+by sines (winding borders); no class percolates, so ~1e5 regions of a few cells each at
+16384² (cell 38). It is generated block by block straight into a Zarr v3 array (only the
+lattice and one block in memory), and regions cross block edges everywhere. Each export
+is its own process (``python -c`` calling the CLI in-process, then reporting its own
+``ru_maxrss``): the peak resident
 memory includes Python, NumPy, GDAL and shapely (a baseline measured by the same process
 with a 64² mask is reported beside it). Both block sizes must write the same polygons
 (the count and the total area are compared). Results: ``benchmarks/results/polygons.json``;
@@ -51,27 +52,30 @@ finally:
 
 
 def make_mask(path: Path, side: int, cell: int, seed: int = 0, chunk: int = 2048) -> None:
-    """Value-noise classes 0..3 ``uint8 (side, side)`` written chunk by chunk to Zarr."""
+    """Classes 0..3 ``uint8 (side, side)`` written chunk by chunk to Zarr: a random class
+    per lattice cell of ``cell`` px, the lattice warped by sines so that borders wind.
+
+    Neighbouring cells of one class form one region; at 1/4 per class (below the square
+    lattice's site-percolation threshold, 0.593) no region grows to the raster's size, so
+    about ``0.6·(side/cell)²`` regions of a few cells each.
+    """
     import zarr
 
     rng = np.random.default_rng(seed)
     n = side // cell + 2
-    lattice = rng.random((n, n))
-    cuts = np.quantile(lattice, [0.25, 0.5, 0.75])
+    lattice = rng.integers(0, 4, (n, n)).astype(np.uint8)
     arr = zarr.create_array(path, shape=(side, side), chunks=(chunk, chunk), dtype="uint8",
                             fill_value=0)
+    amp = cell / 6
     for r0 in range(0, side, chunk):
-        rows = (np.arange(r0, min(r0 + chunk, side)) + 0.5) / cell
-        i, fy = np.floor(rows).astype(int), (rows % 1)[:, None]
+        rows = np.arange(r0, min(r0 + chunk, side), dtype=np.float64)[:, None]
         for c0 in range(0, side, chunk):
-            cols = (np.arange(c0, min(c0 + chunk, side)) + 0.5) / cell
-            j, fx = np.floor(cols).astype(int), (cols % 1)[None, :]
-            v = (lattice[np.ix_(i, j)] * (1 - fy) * (1 - fx)
-                 + lattice[np.ix_(i + 1, j)] * fy * (1 - fx)
-                 + lattice[np.ix_(i, j + 1)] * (1 - fy) * fx
-                 + lattice[np.ix_(i + 1, j + 1)] * fy * fx)
-            arr[r0:r0 + len(rows), c0:c0 + len(cols)] = np.searchsorted(cuts, v).astype(
-                np.uint8)
+            cols = np.arange(c0, min(c0 + chunk, side), dtype=np.float64)[None, :]
+            y = rows + amp * np.sin(cols / (cell / 3.1)) + amp
+            x = cols + amp * np.sin(rows / (cell / 2.7)) + amp
+            i = np.clip((y // cell).astype(np.int64), 0, n - 1)
+            j = np.clip((x // cell).astype(np.int64), 0, n - 1)
+            arr[r0:r0 + rows.shape[0], c0:c0 + cols.shape[1]] = lattice[i, j]
 
 
 def export(mask: Path, out: Path, block: int) -> dict:
@@ -100,7 +104,7 @@ def summarise(path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--side", type=int, default=16384)
-    ap.add_argument("--cell", type=int, default=28, help="noise lattice spacing, px")
+    ap.add_argument("--cell", type=int, default=38, help="lattice cell, px")
     ap.add_argument("--blocks", type=int, nargs=2, default=(1024, 4096))
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = ap.parse_args()
