@@ -258,3 +258,17 @@ def test_qupath_needs_the_slide_when_not_level0(slide_run, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
     # the plain polygons need no slide
     ok(invoke("polygons", slide_run["out"], "-o", tmp_path / "p.gpkg"))
+
+
+def test_skip_class_leaves_holes_where_it_was(mask_tif, tmp_path):
+    path, m = mask_tif
+    out = tmp_path / "p.gpkg"
+    ok(invoke("polygons", path, "-o", out, "--block", 16, "--skip-class", 0))
+    _, geoms, fields = read_polygons(out)
+    assert 0 not in fields["class_id"]
+    back = features.rasterize(zip(geoms, fields["class_id"].tolist(), strict=True),
+                              out_shape=m.shape, transform=TRANSFORM, fill=NODATA,
+                              dtype="uint8")
+    np.testing.assert_array_equal(back, np.where(m == 0, NODATA, m))
+    r = invoke("polygons", path, "-o", tmp_path / "q.gpkg", "--skip-class", "sky")
+    assert r.exit_code == 1 and "no class named 'sky'" in r.output

@@ -24,6 +24,8 @@ SHARED = (
                  help="Simplify each polygon with this tolerance in mask pixels "
                  "(topology kept per polygon; edges shared with a neighbour may drift "
                  "apart by up to the tolerance)."),
+    click.option("--skip-class", "skip_classes", multiple=True,
+                 help="Class id or name to leave out (repeatable), e.g. the background."),
 )
 """Options of ``polygons`` that ``run`` takes too."""
 
@@ -32,7 +34,8 @@ RUN_POLYGON_OPTIONS = (
                  help="Also write the regions as polygons: .gpkg, .geojson or .fgb."),
     *SHARED,
 )
-RUN_POLYGON_NAMES = ("polygons", "qupath", "qupath_objects", "min_area", "simplify")
+RUN_POLYGON_NAMES = ("polygons", "qupath", "qupath_objects", "min_area", "simplify",
+                     "skip_classes")
 """Parameter names of :data:`RUN_POLYGON_OPTIONS` (``run``'s "Polygons" section)."""
 
 
@@ -47,8 +50,10 @@ def export_settings(options: dict[str, Any]) -> dict[str, Any] | None:
     """Pop the polygon options from ``run``'s ``options``; None when nothing is asked."""
     settings = {name: options.pop(name) for name in RUN_POLYGON_NAMES}
     if settings["polygons"] is None and settings["qupath"] is None:
-        if settings["min_area"] is not None or settings["simplify"] is not None:
-            raise click.UsageError("--min-area and --simplify need --polygons or --qupath")
+        if (settings["min_area"] is not None or settings["simplify"] is not None
+                or settings["skip_classes"]):
+            raise click.UsageError("--min-area, --simplify and --skip-class need "
+                                   "--polygons or --qupath")
         return None
     settings["qupath_objects"] = QUPATH_OBJECTS[settings["qupath_objects"]]
     return settings
@@ -89,6 +94,7 @@ def export_and_report(mask: str | Path, settings: dict[str, Any], *, overwrite: 
 @SHARED[1]
 @SHARED[2]
 @SHARED[3]
+@SHARED[4]
 @click.option("--block", type=click.IntRange(min=16), default=2048, show_default=True,
               help="Pixels per side read at a time (memory; the result does not depend "
               "on it).")
@@ -96,7 +102,8 @@ def export_and_report(mask: str | Path, settings: dict[str, Any], *, overwrite: 
               help="Slides: coordinates in µm (the mask's pixel size) instead of pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def polygons(mask: str, output: str | None, qupath: str | None, qupath_objects: str,
-             min_area: float | None, simplify: float | None, block: int, physical: bool,
+             min_area: float | None, simplify: float | None,
+             skip_classes: tuple[str, ...], block: int, physical: bool,
              overwrite: bool) -> None:
     """One polygon per connected region (4-connectivity) per class of MASK, holes kept:
     class id and name, area (CRS units², µm², or px²) and the mean probability when the
@@ -106,5 +113,6 @@ def polygons(mask: str, output: str | None, qupath: str | None, qupath_objects: 
         raise click.UsageError("give -o/--output and/or --qupath")
     export_and_report(mask, {"polygons": output, "qupath": qupath,
                              "qupath_objects": QUPATH_OBJECTS[qupath_objects],
-                             "min_area": min_area, "simplify": simplify},
+                             "min_area": min_area, "simplify": simplify,
+                             "skip_classes": skip_classes},
                       overwrite=overwrite, block=block, physical=physical)

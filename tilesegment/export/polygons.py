@@ -137,6 +137,19 @@ def _affine(geometry, t: tuple[float, ...]):
                                               d * xy[:, 0] + e * xy[:, 1] + f]))
 
 
+def _class_ids(classes: tuple[int | str, ...], names: list[str]) -> frozenset[int]:
+    """Class ids from ids or names (``"0"`` is an id unless a class is named so)."""
+    ids = set()
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            ids.add(names.index(c))
+        elif isinstance(c, int) or str(c).isdigit():
+            ids.add(int(c))
+        else:
+            raise InputError(f"no class named {c!r} (classes: {', '.join(names) or 'none'})")
+    return frozenset(ids)
+
+
 def check_targets(targets: list[Path], inputs: list[Path], overwrite: bool) -> None:
     """The output-file rules: never an input, never one path twice, never an existing
     file without ``overwrite`` (and never a directory)."""
@@ -159,6 +172,7 @@ def export_polygons(
     min_area: float | None = None,
     simplify: float | None = None,
     physical: bool = False,
+    skip_classes: tuple[int | str, ...] = (),
     overwrite: bool = False,
     protect: tuple[str | Path, ...] = (),
 ) -> ExportSummary:
@@ -171,6 +185,8 @@ def export_polygons(
     tolerance in mask pixels for shapely's ``simplify(preserve_topology=True)``, per
     polygon: a polygon stays valid, but the edge it shares with a neighbour may be
     simplified differently on each side (gaps or overlaps up to the tolerance).
+    ``skip_classes``: class ids or names left out (a background class: its region spans
+    the raster, and memory holds an unfinished region whole).
     ``qupath_objects``: ``"annotation"`` or ``"detection"``. Each file is written hidden
     and renamed into place when complete; an existing one is replaced only with
     ``overwrite``; neither may be the mask or an input of its run (or ``protect``).
@@ -210,6 +226,7 @@ def export_polygons(
     def color_of(c: int) -> tuple[int, int, int]:
         return colors[c] if c < len(colors) else PALETTE[c % len(PALETTE)]
 
+    skip = _class_ids(skip_classes, names)
     scale = level0_scale(meta, raster) if qupath is not None else (1.0, 1.0)
     fields: dict[str, Any] = {"class_id": np.int32, "class_name": str, "area": np.float64,
                               "area_unit": str}
@@ -222,7 +239,8 @@ def export_polygons(
         if qupath is not None:
             sinks.append(("qupath", QuPathSink(Path(qupath), qupath_objects)))
         found = written = 0
-        for region in trace_regions(raster, block, nodata=nodata, probabilities=prob):
+        for region in trace_regions(raster, block, nodata=nodata, probabilities=prob,
+                                     skip=skip):
             found += 1
             area = region.pixels * grid.pixel_area
             if min_area is not None and area < min_area:

@@ -108,9 +108,11 @@ def _finish(group: _Group) -> Region:
                   group.prob_count)
 
 
-def label_block(mask: np.ndarray, nodata: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Connected regions of equal value: labels ``int32 (h, w)`` (0 where nodata; regions
-    1..n) and each label's class id ``(n + 1,)`` (index 0 unused)."""
+def label_block(mask: np.ndarray, nodata: int | None,
+                skip: frozenset[int] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """Connected regions of equal value: labels ``int32 (h, w)`` (0 where nodata or a
+    class in ``skip``; regions 1..n) and each label's class id ``(n + 1,)`` (index 0
+    unused)."""
     from scipy import ndimage
 
     labels = np.zeros(mask.shape, np.int32)
@@ -118,6 +120,8 @@ def label_block(mask: np.ndarray, nodata: int | None) -> tuple[np.ndarray, np.nd
     classes = [np.zeros(1, mask.dtype)]
     n = 0
     for value in np.unique(mask[valid]):
+        if int(value) in skip:
+            continue
         lab, k = ndimage.label(mask == value)  # the default cross: 4-connectivity
         labels += np.where(lab > 0, lab + n, 0).astype(np.int32)
         classes.append(np.full(k, value, mask.dtype))
@@ -126,11 +130,13 @@ def label_block(mask: np.ndarray, nodata: int | None) -> tuple[np.ndarray, np.nd
 
 
 def trace_regions(mask: Raster, block: int, *, nodata: int | None,
-                  probabilities: Raster | None = None) -> Iterator[Region]:
+                  probabilities: Raster | None = None,
+                  skip: frozenset[int] = frozenset()) -> Iterator[Region]:
     """Every connected region of each class of ``mask`` (a one-band ``(1, H, W)`` raster of
-    class ids), read ``block``×``block`` pixels at a time; ``nodata`` pixels belong to no
-    region. ``probabilities`` (``(K, H, W)``, same grid) adds each region's sum of its
-    class's probability. Regions come out as soon as they are whole, in no set order."""
+    class ids), read ``block``×``block`` pixels at a time; ``nodata`` pixels and the
+    classes in ``skip`` belong to no region. ``probabilities`` (``(K, H, W)``, same grid)
+    adds each region's sum of its class's probability. Regions come out as soon as they
+    are whole, in no set order."""
     import shapely
     from affine import Affine
     from rasterio import features
@@ -147,7 +153,7 @@ def trace_regions(mask: Raster, block: int, *, nodata: int | None,
         for c0 in range(0, width, block):
             c1 = min(c0 + block, width)
             m = mask.read((r0, r1, c0, c1))[0]
-            labels, classes = label_block(m, nodata)
+            labels, classes = label_block(m, nodata, skip)
             n = len(classes) - 1
             gid = np.where(labels > 0, labels.astype(np.int64) + (next_id - 1), -1)
             flat = labels.ravel()
