@@ -123,7 +123,7 @@ def label_block(mask: np.ndarray, nodata: int | None,
         if int(value) in skip:
             continue
         lab, k = ndimage.label(mask == value)  # the default cross: 4-connectivity
-        labels += np.where(lab > 0, lab + n, 0).astype(np.int32)
+        np.add(labels, lab + np.int32(n), out=labels, where=lab > 0)
         classes.append(np.full(k, value, mask.dtype))
         n += k
     return labels, np.concatenate(classes)
@@ -155,7 +155,11 @@ def trace_regions(mask: Raster, block: int, *, nodata: int | None,
             m = mask.read((r0, r1, c0, c1))[0]
             labels, classes = label_block(m, nodata, skip)
             n = len(classes) - 1
-            gid = np.where(labels > 0, labels.astype(np.int64) + (next_id - 1), -1)
+
+            def gid(edge: np.ndarray, first: int = next_id) -> np.ndarray:
+                """Global piece ids along an edge of the block (-1: no region)."""
+                return np.where(edge > 0, edge.astype(np.int64) + (first - 1), -1)
+
             flat = labels.ravel()
             pixels = np.bincount(flat, minlength=n + 1)
             psum = pcount = None
@@ -184,9 +188,10 @@ def trace_regions(mask: Raster, block: int, *, nodata: int | None,
             touched: list[int] = [next_id + k for k in range(n)]
             old: list[np.ndarray] = []
             if r0 > 0:
-                old.append(_join(joiner, above_ids[c0:c1], above_cls[c0:c1], gid[0], m[0]))
+                old.append(_join(joiner, above_ids[c0:c1], above_cls[c0:c1], gid(labels[0]),
+                                  m[0]))
             if c0 > 0:
-                old.append(_join(joiner, left_ids, left_cls, gid[:, 0], m[:, 0]))
+                old.append(_join(joiner, left_ids, left_cls, gid(labels[:, 0]), m[:, 0]))
             for ids in old:  # the edge just read is closed for the pieces behind it
                 for i in ids.tolist():
                     joiner.groups[joiner.find(i)].pending -= 1
@@ -194,8 +199,8 @@ def trace_regions(mask: Raster, block: int, *, nodata: int | None,
             for root in {joiner.find(i) for i in touched if i in joiner.parent}:
                 if root in joiner.groups and joiner.groups[root].pending == 0:
                     yield _finish(joiner.pop(root))
-            above_ids[c0:c1], above_cls[c0:c1] = gid[-1], m[-1]
-            left_ids, left_cls = gid[:, -1], m[:, -1].astype(np.int64)
+            above_ids[c0:c1], above_cls[c0:c1] = gid(labels[-1]), m[-1]
+            left_ids, left_cls = gid(labels[:, -1]), m[:, -1].astype(np.int64)
             next_id += n
     if joiner.groups:  # cannot happen: every edge is closed by the block after it
         raise AssertionError(f"{len(joiner.groups)} regions left open")
