@@ -15,11 +15,13 @@ RULES = {
     "click": ("cli/",),
     "torch": ("models/", "infer.py", "workers.py", "train/"),
     "torchvision": ("models/",),
-    "rasterio": ("read/", "write/"),
+    "rasterio": ("read/", "write/", "export/"),
     "tifffile": ("read/", "write/"),
     "zarr": ("read/", "write/"),
     "openslide": ("read/",),
     "segmentation_models_pytorch": ("models/smp_models.py",),
+    "shapely": ("export/", "read/"),
+    "pyogrio": ("export/", "read/"),
 }
 # The registry's spec side must load without torch (``tilesegment models`` stays fast).
 TORCH_FREE = ("models/registry.py", "models/spec.py", "models/unet_geometry.py",

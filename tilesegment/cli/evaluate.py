@@ -81,10 +81,15 @@ def truth_alignment_options(f):
 @click.argument("truth", type=click.Path(exists=True))
 @click.option("--classes", type=click.IntRange(min=1), help="Number of classes K.")
 @truth_options
+@click.option("--class-field",
+              help="TRUTH is polygons (.gpkg, .geojson, .fgb, .shp): the field holding "
+              "each polygon's class (an id or a class name); rasterised onto the "
+              "prediction's grid block by block, pixels outside every polygon not counted.")
 @click.option("--image", type=click.Path(exists=True),
               help="Image under the error preview (default: the run's input, if found).")
 def evaluate(prediction: str, truth: str, classes: int | None, **options) -> None:
-    """Score PREDICTION (class ids) against TRUTH: pixel accuracy, mean accuracy, mean IoU,
+    """Score PREDICTION (class ids) against TRUTH (a mask, or polygons with
+    --class-field): pixel accuracy, mean accuracy, mean IoU,
     frequency-weighted IoU (the FCN paper's measures) and per-class IoU, Dice, precision,
     recall and support; counted exactly, block by block."""
     report_and_print(prediction, truth, classes=classes, **options)

@@ -16,6 +16,7 @@ from tilesegment.cli.evaluate import evaluate
 from tilesegment.cli.info import info
 from tilesegment.cli.models import models
 from tilesegment.cli.plan import plan
+from tilesegment.cli.polygons import polygons
 from tilesegment.cli.run import run
 from tilesegment.cli.train import train
 from tilesegment.cli.tune_crf import tune_crf
@@ -76,6 +77,7 @@ cli.add_command(evaluate)
 cli.add_command(models)
 cli.add_command(train)
 cli.add_command(tune_crf)
+cli.add_command(polygons)
 
 
 STOPPED_CODES = frozenset(128 + sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))

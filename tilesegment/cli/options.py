@@ -44,6 +44,8 @@ RUN_SECTIONS = (
     ("Scoring against a truth mask", ("truth", "ignore_index", "instances", "mapping",
                                       "allow_crs_alias", "resample_truth", "seam_width",
                                       "core", "json_out", "csv_out", "report_dir")),
+    ("Polygons", ("polygons", "qupath", "qupath_objects", "min_area", "simplify",
+                  "skip_classes")),
 )
 
 

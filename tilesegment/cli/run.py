@@ -22,6 +22,12 @@ from tilesegment.cli.options import (
     run_options,
     segment_settings,
 )
+from tilesegment.cli.polygons import (
+    export_and_report,
+    export_settings,
+    precheck,
+    run_polygon_options,
+)
 from tilesegment.cli.run_many import single_source
 from tilesegment.cli.sections import SectionedCommand
 
@@ -42,6 +48,7 @@ class Interrupted(KeyboardInterrupt):
 @click.command(cls=SectionedCommand, sections=RUN_SECTIONS)
 @run_options
 @RESUME_OPTION
+@run_polygon_options
 def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | None,
         cog: bool, overwrite: bool, resume: bool, local_cluster: int | None, dashboard: bool,
         scheduler: str, progress: bool | None, classes: int | None, truth: str | None,
@@ -53,7 +60,10 @@ def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | N
     cluster; a summary table follows, exit 1 if any input failed.
     """
     source = single_source(sources, output, output_format)
+    polygon_settings = export_settings(options)
     if source is None:
+        if polygon_settings is not None:
+            raise click.UsageError("--polygons and --qupath take one SOURCE")
         from tilesegment.cli.run_many import check_many_usage, run_many
 
         fmt = check_many_usage(truth, output_format, cog)
@@ -80,6 +90,8 @@ def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | N
     settings = segment_settings(truth=truth, **options)
     gpus = _gpu_indices(devices, settings)
     check_truth(source, truth, level, mpp, truth_settings)
+    protect = tuple(p for p in (source, truth, output) if p is not None)
+    precheck(polygon_settings, list(protect), overwrite)
     # The output's lock before the cluster starts: a second run onto the same output is
     # refused before it spends anything (segment takes the same lock again, re-entrantly).
     with _stop_signals_handled(), output_lock(output), _cluster(local_cluster, dashboard,
@@ -90,6 +102,9 @@ def run(sources: tuple[str, ...], output: str, level: int | None, mpp: float | N
             scheduler=scheduler if client is None else client,
             progress=sys.stderr.isatty() if progress is None else progress, **settings)
     _report(summary)
+    if polygon_settings is not None:
+        export_and_report(summary.output, polygon_settings, overwrite=overwrite,
+                          protect=protect)
     if truth is not None:
         report_and_print(str(summary.output), truth, classes=classes, **truth_settings)
 

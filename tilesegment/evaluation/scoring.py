@@ -37,6 +37,7 @@ def evaluate(
     workers: int | None = None,
     figures_dir: str | Path | None = None,
     image: Any = None,
+    class_field: str | None = None,
 ) -> Report:
     """Score ``prediction`` (class ids) against ``truth``; both paths, arrays or rasters.
 
@@ -46,10 +47,17 @@ def evaluate(
     the rest; the core side comes from the prediction's provenance or ``core``.
     ``figures_dir``: write ``confusion.png`` and ``preview.png`` there (the preview over
     ``image``, by default the input recorded in the prediction's provenance, if it exists).
+    ``class_field``: ``truth`` is a vector file (GeoPackage, GeoJSON...) whose polygons
+    carry their class (an id, or a class name of the prediction) in this field; they are
+    rasterised onto the prediction's grid block by block, pixels outside every polygon
+    not counted.
     """
     meta = _output_meta(prediction)  # refuses an incomplete or mixed output of ours
     pred = open_raster(prediction)
-    gt = open_raster(truth)
+    gt = _open_truth(truth, pred, class_field,
+                     class_names or (meta or {}).get("class_names"), allow_crs_alias)
+    if class_field is not None:
+        resample_truth = False  # rasterised on the prediction's grid already
     if pred.bands != 1 or gt.bands != 1:
         raise InputError(f"masks must have one band: prediction has {pred.bands}, "
                          f"truth {gt.bands}")
@@ -106,6 +114,22 @@ def evaluate(
         "resample_truth": resample_truth, "allow_crs_alias": allow_crs_alias,
         "pixels_counted": int(confusion.sum()), "shape": list(shape),
         "random_weights": _random_weights_model(meta)})
+
+
+def _open_truth(truth: Any, pred, class_field: str | None, names: list[str] | None,
+                allow_crs_alias: bool):
+    """The truth as a raster: polygons rasterised on ``pred``'s grid with
+    ``class_field``, else whatever ``open_raster`` opens."""
+    from tilesegment.read.vector import VectorTruth, is_vector
+
+    if class_field is not None:
+        if not isinstance(truth, str | Path):
+            raise InputError("--class-field needs a vector truth file")
+        return VectorTruth(truth, pred, class_field, names, allow_crs_alias)
+    if isinstance(truth, str | Path) and is_vector(truth):
+        raise InputError(f"{truth} is a vector file: name the field holding each "
+                         "polygon's class with --class-field")
+    return open_raster(truth)
 
 
 def _random_weights_model(meta: dict | None) -> str | None:
