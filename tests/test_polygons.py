@@ -272,3 +272,25 @@ def test_skip_class_leaves_holes_where_it_was(mask_tif, tmp_path):
     np.testing.assert_array_equal(back, np.where(m == 0, NODATA, m))
     r = invoke("polygons", path, "-o", tmp_path / "q.gpkg", "--skip-class", "sky")
     assert r.exit_code == 1 and "no class named 'sky'" in r.output
+
+
+def test_qupath_leaves_out_the_background_of_a_real_run(tmp_path):
+    """The shipped nuclei model on the sample image: QuPath gets one object per nucleus
+    (scipy's 4-connected count of the mask), the GIS file keeps the background too."""
+    from scipy import ndimage
+
+    sample = Path(__file__).resolve().parents[1] / "examples" / "nuclei" / "nuclei.tif"
+    out = tmp_path / "m.tif"
+    ok(invoke("run", sample, "-o", out))
+    with rasterio.open(out) as ds:
+        mask = ds.read(1)
+    ok(invoke("polygons", out, "--qupath", tmp_path / "q.geojson", "-o", tmp_path / "p.gpkg"))
+    ok(invoke("polygons", out, "--qupath", tmp_path / "only.geojson"))
+    nuclei = ndimage.label(mask == 1)[1]
+    for name in ("q.geojson", "only.geojson"):
+        feats = json.loads((tmp_path / name).read_text())["features"]
+        assert {f["properties"]["classification"]["name"] for f in feats} == {"nucleus"}
+        assert len(feats) == nuclei
+    _, _, fields = read_polygons(tmp_path / "p.gpkg")
+    assert (fields["class_id"] == 1).sum() == nuclei
+    assert (fields["class_id"] == 0).sum() == ndimage.label(mask == 0)[1] > 0

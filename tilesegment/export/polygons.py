@@ -187,8 +187,9 @@ def export_polygons(
     simplified differently on each side (gaps or overlaps up to the tolerance).
     ``skip_classes``: class ids or names left out (a background class: its region spans
     the raster, and memory holds an unfinished region whole).
-    ``qupath_objects``: ``"annotation"`` or ``"detection"``. Each file is written hidden
-    and renamed into place when complete; an existing one is replaced only with
+    ``qupath_objects``: ``"annotation"`` or ``"detection"``; a class named
+    ``background`` is not written to the QuPath file (its objects are what is there).
+    Each file is written hidden and renamed into place when complete; an existing one is replaced only with
     ``overwrite``; neither may be the mask or an input of its run (or ``protect``).
     """
     import shapely
@@ -227,6 +228,10 @@ def export_polygons(
         return colors[c] if c < len(colors) else PALETTE[c % len(PALETTE)]
 
     skip = _class_ids(skip_classes, names)
+    # QuPath objects are what is on the slide: a class named background is not one
+    not_objects = {c for c, n in enumerate(names) if n.strip().lower() == "background"}
+    if polygons is None:
+        skip = skip | not_objects
     scale = level0_scale(meta, raster) if qupath is not None else (1.0, 1.0)
     fields: dict[str, Any] = {"class_id": np.int32, "class_name": str, "area": np.float64,
                               "area_unit": str}
@@ -256,7 +261,7 @@ def export_polygons(
             for kind, sink in sinks:
                 if kind == "gis":
                     sink.add(_affine(geom, grid.transform), props)
-                else:
+                elif c not in not_objects:
                     measurements = {f"Area {grid.area_unit}": area}
                     if mean is not None:
                         measurements["Mean probability"] = mean
