@@ -189,8 +189,9 @@ def export_polygons(
     the raster, and memory holds an unfinished region whole).
     ``qupath_objects``: ``"annotation"`` or ``"detection"``; a class named
     ``background`` is not written to the QuPath file (its objects are what is there).
-    Each file is written hidden and renamed into place when complete; an existing one is replaced only with
-    ``overwrite``; neither may be the mask or an input of its run (or ``protect``).
+    Each file is written hidden and renamed into place when complete; an existing one is
+    replaced only with ``overwrite``; neither may be the mask or an input of its run (or
+    ``protect``).
     """
     import shapely
 
