@@ -133,7 +133,29 @@ class OgrSink(Sink):
             self.stage.unlink()
 
 
-class GeoJsonSink(Sink):
+class JsonStreamSink(Sink):
+    """A JSON FeatureCollection written by hand, a feature at a time, into the hidden file."""
+
+    def _open(self, head: str) -> None:
+        try:
+            self.file = open(self.partial, "x", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.final}: {exc}") from exc
+        self.file.write(head)
+
+    def _feature(self, text: str) -> None:
+        self.file.write((",\n" if self.count else "") + text)
+        self.count += 1
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.write("\n]}\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+
+class GeoJsonSink(JsonStreamSink):
     """A GeoJSON FeatureCollection streamed by hand, a feature at a time (GDAL's GeoJSON
     append re-reads the file on every batch). The CRS goes in a ``crs`` member, as GDAL
     writes it: ``urn:ogc:def:crs:EPSG::<code>`` where the CRS has an EPSG code, else its
@@ -149,11 +171,7 @@ class GeoJsonSink(Sink):
             code = CRS.from_wkt(crs_wkt).to_epsg()
             name = f"urn:ogc:def:crs:EPSG::{code}" if code else crs_wkt
             head["crs"] = {"type": "name", "properties": {"name": name}}
-        try:
-            self.file = open(self.partial, "x", encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            raise OutputError(f"cannot write {final}: {exc}") from exc
-        self.file.write(json.dumps(head)[:-1] + ', "features": [\n')
+        self._open(json.dumps(head)[:-1] + ', "features": [\n')
 
     def add(self, geometry, properties: dict[str, Any]) -> None:
         import shapely
@@ -165,18 +183,11 @@ class GeoJsonSink(Sink):
             values[name] = None if isinstance(v, float) and not np.isfinite(v) else v
         feature = {"type": "Feature", "properties": values,
                    "geometry": json.loads(shapely.to_geojson(geometry))}
-        self.file.write((",\n" if self.count else "") + json.dumps(feature, ensure_ascii=False))
-        self.count += 1
-
-    def close(self) -> None:
-        if not self.file.closed:
-            self.file.write("\n]}\n")
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
+        self._feature(json.dumps(feature, ensure_ascii=False))
 
 
-class QuPathSink(Sink):
+
+class QuPathSink(JsonStreamSink):
     """QuPath's GeoJSON dialect: a FeatureCollection whose features carry
     ``properties.objectType`` (``"annotation"`` or ``"detection"``),
     ``properties.classification`` ``{"name", "color": [r, g, b]}`` and
@@ -188,11 +199,7 @@ class QuPathSink(Sink):
             raise InputError(f"QuPath object type must be annotation or detection, not "
                              f"{object_type!r}")
         self.object_type = object_type
-        try:
-            self.file = open(self.partial, "x", encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            raise OutputError(f"cannot write {final}: {exc}") from exc
-        self.file.write('{"type": "FeatureCollection", "features": [\n')
+        self._open('{"type": "FeatureCollection", "features": [\n')
 
     def add(self, geometry, properties: dict[str, Any]) -> None:
         import shapely
@@ -207,12 +214,5 @@ class QuPathSink(Sink):
                 "measurements": properties["measurements"],
             },
         }
-        self.file.write((",\n" if self.count else "") + json.dumps(feature))
-        self.count += 1
+        self._feature(json.dumps(feature))
 
-    def close(self) -> None:
-        if not self.file.closed:
-            self.file.write("\n]}\n")
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
