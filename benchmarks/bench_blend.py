@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name
+from machine import cpu_name, stamp
 
 from tilesegment import segment
 from tilesegment.models import create_model
@@ -108,12 +106,10 @@ def main() -> None:
                          "tile": tile, "seconds": seconds,
                          **_compare(_softmax(logits), ref)})
             print(rows[-1], flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()
     result = {"machine": {"cpu": cpu_name(), "python": platform.python_version(),
                           "torch": torch.__version__, "monai": monai_version,
                           "torch_threads": 1, "note": "2-core VM shared with other jobs"},
-              "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+              **stamp(ROOT),
               "model": "nuclei (shipped)", "input": str(data / "nuclei.tif"),
               "reference_pad": PAD, "rows": rows}
     out_path = ROOT / "benchmarks/results/blend.json"

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "pipelines"))
 from evaluate_nuclei import score  # noqa: E402
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name, stamp  # noqa: E402
 
 from tilesegment import segment  # noqa: E402
 
@@ -74,13 +72,11 @@ def main() -> None:
             iou[mode] = score(data, "nuclei", Path(tmp), None, opts)
         print(mode, {k: round(v["foreground_iou"], 4) for k, v in iou[mode].items()},
               flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()
     result = {"machine": {"cpu": cpu_name(), "python": platform.python_version(),
                           "torch": torch.__version__, "cores": 2,
                           "note": "2-core VM shared with other jobs: seconds are noisy; "
                           "ratios were measured side by side"},
-              "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+              **stamp(ROOT),
               "model": "nuclei (shipped)", "input": str(data / "nuclei.tif"),
               "cost": cost, "held_out_iou": iou}
     out = ROOT / "benchmarks/results/tta.json"

@@ -15,3 +15,13 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def stamp(root: Path) -> dict[str, str]:
+    """When and at which commit of ``root`` a benchmark ran: ``{"date", "commit"}``."""
+    import subprocess
+    from datetime import UTC, datetime
+
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit}

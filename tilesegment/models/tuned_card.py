@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,19 +105,19 @@ def write_tuned_card(model: str, out: str | Path, entry: dict[str, Any], *,
         if target.exists() and not overwrite:
             raise OutputExistsError(f"{target} exists (pass --overwrite to replace it)")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            shutil.copyfile(tensors, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _replace(target, lambda tmp: shutil.copyfile(tensors, tmp))
     if card.get("sha256") is not None and file_sha256(target) != card["sha256"]:
         raise ModelError(f"{target}: its sha256 does not match the card of {model!r}")
-    tmp = side.with_name(f".{side.name}.tmp")
+    text = json.dumps(card, indent=2, ensure_ascii=False) + "\n"
+    _replace(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return target, side
+
+
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` through a hidden temporary beside it, renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, side)
+        write(tmp)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return target, side
